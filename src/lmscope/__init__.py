@@ -1,0 +1,3 @@
+"""lmscope: a workbench for transformer language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,437 @@
+"""The canonical decoder-only transformer.
+
+One module, two paths:
+- the fast path (`forward`): scaled-dot-product attention and a KV cache, for training and
+  generation;
+- the trace path (`run_with_trace`): explicit attention that records every internal quantity
+  under TransformerLens-style hook names (see `lmscope.model.trace`).
+
+Shapes: b = batch, T = query positions, S = key positions, H = heads, K = key/value heads,
+D = d_model, d = d_head, M = d_mlp, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmscope.model.cache import KVCache
+from lmscope.model.config import ModelConfig
+from lmscope.model.positional import apply_rope, rope_tables, sinusoidal_table
+from lmscope.model.trace import Trace, TraceRecorder
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias)
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+class Attention(nn.Module):
+    """Causal self-attention with MHA, GQA or MQA. `qkv` packs [q heads | k heads | v heads]."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.kv_heads
+        self.d_head = cfg.head_dim
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        self.dropout = cfg.dropout
+        qkv_out = (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, qkv_out, bias=cfg.qkv_bias)
+        self.out = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.out_bias)
+
+    # Weights in TransformerLens layout, for the explainers.
+    @property
+    def W_O(self) -> torch.Tensor:
+        """[H, d, D]: head h writes z_h @ W_O[h] into the residual stream."""
+        return self.out.weight.view(-1, self.n_heads, self.d_head).permute(1, 2, 0)
+
+    @property
+    def b_O(self) -> torch.Tensor | None:
+        return self.out.bias
+
+    def split_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [b, T, D] -> q [b, H, T, d], k and v [b, K, T, d]."""
+        b, t, _ = x.shape
+        packed = self.qkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.d_head)
+        q, k, v = packed.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        rec: TraceRecorder | None,
+    ) -> torch.Tensor:
+        q, k, v = self.split_qkv(x)
+        if rec is not None:
+            return self._traced(q, k, v, rope, mask, rec)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        causal = mask is None and q.shape[2] > 1
+        z = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        b, _, t, _ = z.shape
+        return self.out(z.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head))
+
+    def _traced(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        rec: TraceRecorder,
+    ) -> torch.Tensor:
+        """Explicit attention that records q, k, v, scores, pattern, z and per-head results."""
+        name = f"blocks.{self.layer}.attn."
+        rec(name + "hook_q", q.transpose(1, 2))  # [b, T, H, d]
+        rec(name + "hook_k", k.transpose(1, 2))  # [b, S, K, d]
+        rec(name + "hook_v", v.transpose(1, 2))  # [b, S, K, d]
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            rec(name + "hook_rot_q", q.transpose(1, 2))
+            rec(name + "hook_rot_k", k.transpose(1, 2))
+        group = self.n_heads // self.n_kv_heads
+        if group > 1:
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+        scores = (q @ k.transpose(-1, -2)) * self.scale  # [b, H, T, S]
+        t, s = scores.shape[-2:]
+        if mask is None:
+            mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        rec(name + "hook_attn_scores", scores)
+        pattern = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+        rec(name + "hook_pattern", pattern)
+        z = (pattern @ v).transpose(1, 2)  # [b, T, H, d]
+        rec(name + "hook_z", z)
+        if rec.wants(name + "hook_result"):
+            rec(name + "hook_result", torch.einsum("bthd,hdD->bthD", z, self.W_O))
+        b = z.shape[0]
+        return self.out(z.reshape(b, t, self.n_heads * self.d_head))
+
+
+class MLP(nn.Module):
+    """Position-wise MLP. Gated: `fc_in` packs [gate | up] and the hidden is act(gate) * up."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.gated = cfg.gated_mlp
+        self.d_mlp = cfg.mlp_dim
+        self.act = ACTIVATIONS[cfg.activation]
+        width = 2 * cfg.mlp_dim if cfg.gated_mlp else cfg.mlp_dim
+        self.fc_in = nn.Linear(cfg.d_model, width, bias=cfg.mlp_bias)
+        self.fc_out = nn.Linear(cfg.mlp_dim, cfg.d_model, bias=cfg.mlp_bias)
+
+    @property
+    def W_out(self) -> torch.Tensor:
+        """[M, D]: neuron k writes post_k * W_out[k] into the residual stream."""
+        return self.fc_out.weight.t()
+
+    @property
+    def b_out(self) -> torch.Tensor | None:
+        return self.fc_out.bias
+
+    def forward(self, x: torch.Tensor, rec: TraceRecorder | None) -> torch.Tensor:
+        hidden = self.fc_in(x)
+        name = f"blocks.{self.layer}.mlp."
+        if self.gated:
+            gate, up = hidden.split(self.d_mlp, dim=-1)
+            post = self.act(gate) * up
+            if rec is not None:
+                rec(name + "hook_pre", gate)
+                rec(name + "hook_pre_linear", up)
+        else:
+            post = self.act(hidden)
+            if rec is not None:
+                rec(name + "hook_pre", hidden)
+        if rec is not None:
+            rec(name + "hook_post", post)
+        return self.fc_out(post)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.parallel = cfg.parallel_attn_mlp
+        self.ln1 = make_norm(cfg)
+        self.attn = Attention(cfg, layer)
+        self.ln2 = make_norm(cfg)
+        self.mlp = MLP(cfg, layer)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        rec: TraceRecorder | None,
+    ) -> torch.Tensor:
+        name = f"blocks.{self.layer}."
+        if rec is not None:
+            rec(name + "hook_resid_pre", x)
+        h = self.ln1(x)
+        if rec is not None:
+            rec(name + "ln1.hook_normalized", h)
+        attn_out = self.drop(self.attn(h, rope, mask, cache, rec))
+        mid = x + attn_out
+        if rec is not None:
+            rec(name + "hook_attn_out", attn_out)
+            # Parallel blocks: resid_mid is still resid_pre + attn_out, but the MLP reads resid_pre.
+            rec(name + "hook_resid_mid", mid)
+        h2 = self.ln2(x if self.parallel else mid)
+        if rec is not None:
+            rec(name + "ln2.hook_normalized", h2)
+        mlp_out = self.drop(self.mlp(h2, rec))
+        out = mid + mlp_out
+        if rec is not None:
+            rec(name + "hook_mlp_out", mlp_out)
+            rec(name + "hook_resid_post", out)
+        return out
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model) if cfg.positional == "learned" else None
+        if cfg.positional == "sinusoidal":
+            self.register_buffer("sinusoid", sinusoidal_table(cfg.n_ctx, cfg.d_model), persistent=False)
+        if cfg.positional == "rope":
+            cos, sin = rope_tables(cfg.n_ctx, cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.ln_final = make_norm(cfg)
+        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.unembed_bias)
+        if cfg.tie_embeddings:
+            self.unembed.weight = self.embed.weight
+        self.reset_parameters()
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """GPT-2 style initialisation; residual output projections scaled by 1/sqrt(2 * layers)."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+        for block in self.blocks:
+            assert isinstance(block, Block)
+            for proj in (block.attn.out, block.mlp.fc_out):
+                nn.init.normal_(proj.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        cfg = self.cfg
+        return KVCache(
+            cfg.n_layers, batch, cfg.kv_heads, max_len, cfg.head_dim, self.dtype, self.device
+        )
+
+    # ---- shared pieces ----------------------------------------------------------------------
+    def _check_length(self, positions: torch.Tensor) -> None:
+        if positions.numel() and int(positions.max()) >= self.cfg.n_ctx:
+            raise ValueError(
+                f"sequence of {int(positions.max()) + 1} positions exceeds the model's context "
+                f"window of {self.cfg.n_ctx} tokens; shorten the prompt or truncate it"
+            )
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [b, T, D] (without positions), e.g. as a base for input saliency."""
+        return self.embed(tokens)
+
+    def _inputs(
+        self,
+        tokens: torch.Tensor | None,
+        input_embeds: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        past: int,
+        rec: TraceRecorder | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if input_embeds is None:
+            if tokens is None:
+                raise ValueError("give tokens or input_embeds")
+            if tokens.dim() == 1:
+                tokens = tokens[None]
+            input_embeds = self.embed(tokens)
+        b, t, _ = input_embeds.shape
+        if positions is None:
+            positions = torch.arange(past, past + t, device=input_embeds.device).expand(b, t)
+        self._check_length(positions)
+        x = input_embeds
+        if rec is not None:
+            rec("hook_embed", x)
+        if self.pos_embed is not None:
+            pos = self.pos_embed(positions)
+            if rec is not None:
+                rec("hook_pos_embed", pos)
+            x = x + pos
+        elif self.cfg.positional == "sinusoidal":
+            pos = self.sinusoid[positions].to(x.dtype)
+            if rec is not None:
+                rec("hook_pos_embed", pos)
+            x = x + pos
+        return self.drop(x), positions
+
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.cfg.positional != "rope":
+            return None
+        cos = self.rope_cos[positions].to(dtype)[:, None]  # [b, 1, T, r]
+        sin = self.rope_sin[positions].to(dtype)[:, None]
+        return cos, sin
+
+    @staticmethod
+    def _mask(
+        attention_mask: torch.Tensor | None, positions_q: int, past: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """Boolean [b, 1, T, S] mask (True = may attend), or None where SDPA's causal flag does."""
+        total = past + positions_q
+        if attention_mask is None:
+            if past == 0 or positions_q == 1:
+                return None
+            return torch.ones(positions_q, total, dtype=torch.bool, device=device).tril(past)
+        if attention_mask.shape[-1] != total:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[-1]} positions, expected {total}"
+            )
+        causal = torch.ones(positions_q, total, dtype=torch.bool, device=device).tril(past)
+        mask = causal[None] & attention_mask[:, None, :].bool()
+        # A padded query row would otherwise see nothing (NaN); let it see itself.
+        diag = torch.zeros_like(causal)
+        diag[torch.arange(positions_q), past + torch.arange(positions_q)] = True
+        return (mask | diag[None])[:, None]
+
+    # ---- fast path ----------------------------------------------------------------------------
+    def forward(
+        self,
+        tokens: torch.Tensor | None = None,
+        *,
+        input_embeds: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits [b, T, V] (or [b, 1, V] with last_only).
+
+        attention_mask: [b, past + T], 1 for real tokens and 0 for padding (left padding).
+        cache: a KVCache; new keys/values are appended and its length advanced.
+        """
+        past = cache.length if cache is not None else 0
+        x, positions = self._inputs(tokens, input_embeds, positions, past, None)
+        mask = self._mask(attention_mask, x.shape[1], past, x.device)
+        rope = self._rope(positions, x.dtype)
+        for block in self.blocks:
+            x = block(x, rope, mask, cache, None)
+        if cache is not None:
+            cache.advance(x.shape[1])
+        if last_only:
+            x = x[:, -1:]
+        return self.unembed(self.ln_final(x))
+
+    # ---- trace path ---------------------------------------------------------------------------
+    def run_with_trace(
+        self,
+        tokens: torch.Tensor,
+        *,
+        names: Collection[str] | Callable[[str], bool] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        grad: bool = False,
+    ) -> Trace:
+        """Run the explicit path and record internal activations.
+
+        names: hook names to keep (a collection or a predicate); None keeps the default set
+        (everything except attention scores and rotated q/k). Tensors are [b, pos, ...],
+        attention patterns [b, head, query, key].
+        """
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        rec = TraceRecorder(names)
+        with torch.set_grad_enabled(grad):
+            x, positions = self._inputs(tokens, None, None, 0, rec)
+            mask = None
+            if attention_mask is not None:
+                mask = self._mask(attention_mask, x.shape[1], 0, x.device)
+                if mask is not None:
+                    mask = mask[:, 0][:, None]
+            if mask is None:
+                t = x.shape[1]
+                mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            rope = self._rope(positions, x.dtype)
+            for block in self.blocks:
+                x = block(x, rope, mask, None, rec)
+            normalized = self.ln_final(x)
+            rec("ln_final.hook_normalized", normalized)
+            logits = self.unembed(normalized)
+        return Trace(tokens=tokens, logits=logits, activations=rec.store, cfg=self.cfg)
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component (tied weights counted once, under `embed`)."""
+        counts: dict[str, int] = {}
+        seen: set[int] = set()
+        for name, param in self.named_parameters():
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            parts = name.split(".")
+            if parts[0] == "blocks":
+                key = {"attn": "attention", "mlp": "mlp"}.get(parts[2], "norms")
+            else:
+                key = {"ln_final": "norms"}.get(parts[0], parts[0])
+            counts[key] = counts.get(key, 0) + param.numel()
+        counts["total"] = sum(counts.values())
+        return counts
