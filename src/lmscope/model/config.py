@@ -40,7 +40,9 @@ class ModelConfig:
 
     positional: PositionalKind = "learned"
     rope_theta: float = 10000.0
-    rope_scaling: dict[str, Any] | None = None  # {"type": "linear"|"dynamic"|"llama3", "factor": ...}
+    rope_scaling: dict[str, Any] | None = (
+        None  # {"type": "linear"|"dynamic"|"llama3", "factor": ...}
+    )
     rotary_pct: float = 1.0  # fraction of each head's dimensions that rotate (GPT-NeoX)
 
     norm: NormKind = "layernorm"
@@ -70,7 +72,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        if self.d_head is None and self.n_heads > 0:
+        if self.d_head is None and isinstance(self.n_heads, int) and self.n_heads > 0:
+            if self.d_model % self.n_heads:
+                raise ConfigError(
+                    f"n_heads ({self.n_heads}) must divide d_model ({self.d_model}), or set d_head"
+                )
             self.d_head = self.d_model // self.n_heads
         if self.d_mlp is None:
             self.d_mlp = 4 * self.d_model
@@ -112,16 +118,14 @@ class ModelConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_head is None and self.d_model % self.n_heads:
-            raise ConfigError(
-                f"n_heads ({self.n_heads}) must divide d_model ({self.d_model}), or set d_head"
-            )
         if self.n_heads % self.kv_heads:
             raise ConfigError(
                 f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})"
             )
         if self.positional not in POSITIONAL_KINDS:
-            raise ConfigError(f"positional must be one of {POSITIONAL_KINDS}, got {self.positional!r}")
+            raise ConfigError(
+                f"positional must be one of {POSITIONAL_KINDS}, got {self.positional!r}"
+            )
         if self.norm not in NORM_KINDS:
             raise ConfigError(f"norm must be one of {NORM_KINDS}, got {self.norm!r}")
         if self.activation not in ACTIVATION_KINDS:

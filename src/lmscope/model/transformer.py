@@ -92,61 +92,58 @@ class Attention(nn.Module):
         rec: TraceRecorder | None,
     ) -> torch.Tensor:
         q, k, v = self.split_qkv(x)
+        name = f"blocks.{self.layer}.attn."
         if rec is not None:
-            return self._traced(q, k, v, rope, mask, rec)
+            rec(name + "hook_q", q.transpose(1, 2))  # [b, T, H, d]
+            rec(name + "hook_k", k.transpose(1, 2))  # [b, S, K, d]
+            rec(name + "hook_v", v.transpose(1, 2))  # [b, S, K, d]
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            if rec is not None:
+                rec(name + "hook_rot_q", q.transpose(1, 2))
+                rec(name + "hook_rot_k", k.transpose(1, 2))
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        causal = mask is None and q.shape[2] > 1
+        # The trace path mixes values with the same kernel as the fast path, so both give the
+        # same residual stream bit for bit; the pattern is recorded from an explicit softmax.
         z = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=causal,
+            is_causal=mask is None and q.shape[2] > 1,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
         b, _, t, _ = z.shape
+        if rec is not None:
+            self._record_pattern(q, k, mask, rec)
+            z_heads = z.transpose(1, 2)  # [b, T, H, d]
+            rec(name + "hook_z", z_heads)
+            if rec.wants(name + "hook_result"):
+                rec(name + "hook_result", torch.einsum("bthd,hdD->bthD", z_heads, self.W_O))
         return self.out(z.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head))
 
-    def _traced(
+    def _record_pattern(
         self,
         q: torch.Tensor,
         k: torch.Tensor,
-        v: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None,
         rec: TraceRecorder,
-    ) -> torch.Tensor:
-        """Explicit attention that records q, k, v, scores, pattern, z and per-head results."""
+    ) -> None:
         name = f"blocks.{self.layer}.attn."
-        rec(name + "hook_q", q.transpose(1, 2))  # [b, T, H, d]
-        rec(name + "hook_k", k.transpose(1, 2))  # [b, S, K, d]
-        rec(name + "hook_v", v.transpose(1, 2))  # [b, S, K, d]
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            rec(name + "hook_rot_q", q.transpose(1, 2))
-            rec(name + "hook_rot_k", k.transpose(1, 2))
+        if not (rec.wants(name + "hook_pattern") or rec.wants(name + "hook_attn_scores")):
+            return
         group = self.n_heads // self.n_kv_heads
         if group > 1:
             k = k.repeat_interleave(group, dim=1)
-            v = v.repeat_interleave(group, dim=1)
         scores = (q @ k.transpose(-1, -2)) * self.scale  # [b, H, T, S]
         t, s = scores.shape[-2:]
         if mask is None:
             mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
         scores = scores.masked_fill(~mask, float("-inf"))
         rec(name + "hook_attn_scores", scores)
-        pattern = torch.softmax(scores.float(), dim=-1).to(v.dtype)
-        rec(name + "hook_pattern", pattern)
-        z = (pattern @ v).transpose(1, 2)  # [b, T, H, d]
-        rec(name + "hook_z", z)
-        if rec.wants(name + "hook_result"):
-            rec(name + "hook_result", torch.einsum("bthd,hdD->bthD", z, self.W_O))
-        b = z.shape[0]
-        return self.out(z.reshape(b, t, self.n_heads * self.d_head))
+        rec(name + "hook_pattern", torch.softmax(scores.float(), dim=-1).to(q.dtype))
 
 
 class MLP(nn.Module):
@@ -232,17 +229,18 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    sinusoid: torch.Tensor
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model) if cfg.positional == "learned" else None
-        if cfg.positional == "sinusoidal":
-            self.register_buffer("sinusoid", sinusoidal_table(cfg.n_ctx, cfg.d_model), persistent=False)
-        if cfg.positional == "rope":
-            cos, sin = rope_tables(cfg.n_ctx, cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+        self.pos_embed = (
+            nn.Embedding(cfg.n_ctx, cfg.d_model) if cfg.positional == "learned" else None
+        )
+        self._build_buffers()
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.ln_final = make_norm(cfg)
@@ -252,6 +250,46 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     # ---- set-up ---------------------------------------------------------------------------
+    @classmethod
+    def from_state_dict(cls, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
+        """Build a model around existing tensors without a wasted random initialisation.
+
+        Raises ValueError naming missing, unexpected or misshapen tensors.
+        """
+        if cfg.tie_embeddings and "unembed.weight" not in state and "embed.weight" in state:
+            state = {**state, "unembed.weight": state["embed.weight"]}
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = set(model.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"weights do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        for name, tensor in model.state_dict().items():
+            if tuple(state[name].shape) != tuple(tensor.shape):
+                raise ValueError(
+                    f"tensor {name} has shape {tuple(state[name].shape)}, "
+                    f"the config needs {tuple(tensor.shape)}"
+                )
+        model.load_state_dict(state, assign=True)
+        if cfg.tie_embeddings:
+            model.unembed.weight = model.embed.weight
+        model._build_buffers()
+        return model.eval()
+
+    def _build_buffers(self) -> None:
+        """Positional tables: derived from the config, never saved (non-persistent)."""
+        cfg = self.cfg
+        device = self.embed.weight.device
+        if cfg.positional == "sinusoidal":
+            table = sinusoidal_table(cfg.n_ctx, cfg.d_model).to(device)
+            self.register_buffer("sinusoid", table, persistent=False)
+        if cfg.positional == "rope":
+            cos, sin = rope_tables(cfg.n_ctx, cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
+            self.register_buffer("rope_cos", cos.to(device), persistent=False)
+            self.register_buffer("rope_sin", sin.to(device), persistent=False)
+
     def reset_parameters(self) -> None:
         """GPT-2 style initialisation; residual output projections scaled by 1/sqrt(2 * layers)."""
         std = self.cfg.init_std
@@ -326,7 +364,9 @@ class Transformer(nn.Module):
             x = x + pos
         return self.drop(x), positions
 
-    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _rope(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.cfg.positional != "rope":
             return None
         cos = self.rope_cos[positions].to(dtype)[:, None]  # [b, 1, T, r]
@@ -402,14 +442,7 @@ class Transformer(nn.Module):
         rec = TraceRecorder(names)
         with torch.set_grad_enabled(grad):
             x, positions = self._inputs(tokens, None, None, 0, rec)
-            mask = None
-            if attention_mask is not None:
-                mask = self._mask(attention_mask, x.shape[1], 0, x.device)
-                if mask is not None:
-                    mask = mask[:, 0][:, None]
-            if mask is None:
-                t = x.shape[1]
-                mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            mask = self._mask(attention_mask, x.shape[1], 0, x.device)
             rope = self._rope(positions, x.dtype)
             for block in self.blocks:
                 x = block(x, rope, mask, None, rec)

@@ -1,0 +1,319 @@
+"""The canonical transformer: both paths, every architectural option, checked independently."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmscope.model.config import ConfigError, ModelConfig
+from lmscope.model.positional import apply_rope, rope_tables, sinusoidal_table
+from lmscope.model.transformer import Transformer
+
+FAMILIES = {
+    "gpt2-like": dict(positional="learned", activation="gelu_tanh"),
+    "opt-like": dict(positional="learned", activation="relu"),
+    "llama-like-gqa": dict(
+        positional="rope",
+        norm="rmsnorm",
+        activation="silu",
+        gated_mlp=True,
+        n_kv_heads=2,
+        qkv_bias=False,
+        out_bias=False,
+        mlp_bias=False,
+    ),
+    "mqa-untied": dict(positional="rope", n_kv_heads=1, tie_embeddings=False),
+    "neox-like-parallel": dict(
+        positional="rope", rotary_pct=0.25, parallel_attn_mlp=True, tie_embeddings=False
+    ),
+    "sinusoidal-nobias": dict(
+        positional="sinusoidal", qkv_bias=False, norm_bias=False, activation="gelu"
+    ),
+    "rope-llama3-scaling": dict(
+        positional="rope",
+        rope_scaling={"type": "llama3", "factor": 8.0, "original_max_position_embeddings": 16},
+    ),
+}
+
+
+def make_model(seed: int = 0, **overrides: object) -> Transformer:
+    torch.manual_seed(seed)
+    base: dict[str, object] = dict(vocab_size=101, d_model=48, n_layers=3, n_heads=4, n_ctx=64)
+    base.update(overrides)
+    model = Transformer(ModelConfig(**base)).eval()  # type: ignore[arg-type]
+    with torch.no_grad():  # make norms and biases non-trivial so wiring mistakes show
+        for name, param in model.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                param.add_(torch.randn_like(param) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_trace_path_reproduces_fast_path(family: str) -> None:
+    model = make_model(**FAMILIES[family])
+    tokens = torch.randint(0, 101, (2, 23))
+    with torch.no_grad():
+        fast = model(tokens)
+        trace = model.run_with_trace(tokens)
+    assert (trace.logits - fast).abs().max().item() < 1e-5
+    # the recorded final norm output really is what the unembedding read
+    unembedded = model.unembed(trace["ln_final.hook_normalized"])
+    assert torch.allclose(unembedded, fast, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_recorded_pieces_rebuild_the_residual_stream(family: str) -> None:
+    model = make_model(**FAMILIES[family])
+    cfg = model.cfg
+    tokens = torch.randint(0, 101, (1, 17))
+    with torch.no_grad():
+        tr = model.run_with_trace(tokens)
+    for i in range(cfg.n_layers):
+        b = f"blocks.{i}."
+        pre, mid, post = (
+            tr[b + "hook_resid_pre"],
+            tr[b + "hook_resid_mid"],
+            tr[b + "hook_resid_post"],
+        )
+        heads = tr[b + "attn.hook_result"].sum(2)
+        bias = model.blocks[i].attn.b_O
+        attn_out = heads + (bias if bias is not None else 0)
+        assert torch.allclose(attn_out, tr[b + "hook_attn_out"], atol=1e-5)
+        assert torch.allclose(pre + tr[b + "hook_attn_out"], mid, atol=1e-5)
+        assert torch.allclose(mid + tr[b + "hook_mlp_out"], post, atol=1e-5)
+        mlp = model.blocks[i].mlp
+        neurons = tr[b + "mlp.hook_post"] @ mlp.W_out + (mlp.b_out if mlp.b_out is not None else 0)
+        assert torch.allclose(neurons, tr[b + "hook_mlp_out"], atol=1e-5)
+        # pattern @ v reproduces z (GQA: head h reads kv head h // group)
+        pattern, v = tr[b + "attn.hook_pattern"], tr[b + "attn.hook_v"]
+        group = cfg.n_heads // cfg.kv_heads
+        v_heads = v.repeat_interleave(group, dim=2).transpose(1, 2)  # [b, H, S, d]
+        z = (pattern @ v_heads).transpose(1, 2)
+        assert torch.allclose(z, tr[b + "attn.hook_z"], atol=1e-5)
+        assert torch.allclose(pattern.sum(-1), torch.ones_like(pattern.sum(-1)), atol=1e-5)
+        assert torch.all(pattern.triu(1) == 0), "attention must be causal"
+        if i + 1 < cfg.n_layers:
+            assert torch.equal(post, tr[f"blocks.{i + 1}.hook_resid_pre"])
+    assert tr["blocks.0.attn.hook_pattern"].shape == (1, cfg.n_heads, 17, 17)
+    assert tr["blocks.0.attn.hook_result"].shape == (1, 17, cfg.n_heads, cfg.d_model)
+
+
+def test_trace_name_filter_keeps_only_requested() -> None:
+    model = make_model()
+    tokens = torch.randint(0, 101, (1, 9))
+    wanted = {"blocks.1.attn.hook_pattern", "blocks.2.hook_resid_post"}
+    tr = model.run_with_trace(tokens, names=wanted)
+    assert set(tr.names()) == wanted
+    with pytest.raises(KeyError, match="not recorded"):
+        tr["blocks.0.hook_resid_pre"]
+
+
+@pytest.mark.parametrize("family", ["gpt2-like", "llama-like-gqa", "neox-like-parallel"])
+def test_kv_cache_decoding_matches_full_forward(family: str) -> None:
+    model = make_model(**FAMILIES[family])
+    tokens = torch.randint(0, 101, (2, 20))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = model.new_cache(2, 32)
+        parts = [model(tokens[:, :11], cache=cache)]
+        parts += [model(tokens[:, t : t + 1], cache=cache) for t in range(11, 15)]
+        parts.append(model(tokens[:, 15:], cache=cache))
+    assert cache.length == 20
+    assert (torch.cat(parts, 1) - full).abs().max().item() < 1e-5
+
+
+def test_left_padding_matches_unpadded_rows() -> None:
+    model = make_model(**FAMILIES["llama-like-gqa"])
+    short, long = torch.randint(0, 101, (5,)), torch.randint(0, 101, (9,))
+    batch = torch.zeros(2, 9, dtype=torch.long)
+    batch[0, 4:], batch[1] = short, long
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, :4] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        padded = model(batch, attention_mask=mask, positions=positions)
+        alone_short, alone_long = model(short[None]), model(long[None])
+        traced = model.run_with_trace(batch, attention_mask=mask)
+    assert (padded[0, 4:] - alone_short[0]).abs().max() < 1e-5
+    assert (padded[1] - alone_long[0]).abs().max() < 1e-5
+    assert not torch.isnan(padded).any()
+    assert traced.logits.shape == padded.shape
+
+
+def test_sinusoidal_table_is_the_interleaved_formula() -> None:
+    table = sinusoidal_table(7, 10)
+    for pos in range(7):
+        for i in range(5):
+            angle = pos / 10000 ** (2 * i / 10)
+            assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_rope_scores_depend_only_on_relative_position() -> None:
+    cos, sin = rope_tables(64, 16, 10000.0, None)
+    q, k = torch.randn(16), torch.randn(16)
+
+    def rotated(x: torch.Tensor, pos: int) -> torch.Tensor:
+        return apply_rope(
+            x.view(1, 1, 1, 16), cos[pos].view(1, 1, 1, 16), sin[pos].view(1, 1, 1, 16)
+        )
+
+    s1 = (rotated(q, 10) * rotated(k, 3)).sum()
+    s2 = (rotated(q, 40) * rotated(k, 33)).sum()
+    assert s1.item() == pytest.approx(s2.item(), abs=1e-4)
+    assert rotated(q, 17).norm().item() == pytest.approx(q.norm().item(), rel=1e-5)
+
+
+def test_partial_rotary_leaves_the_tail_untouched() -> None:
+    cos, sin = rope_tables(8, 4, 10000.0, None)
+    x = torch.randn(1, 2, 8, 16)
+    out = apply_rope(x, cos[None, None], sin[None, None])
+    assert torch.equal(out[..., 4:], x[..., 4:])
+    assert not torch.allclose(out[..., 1:, :4], x[..., 1:, :4])
+
+
+def _repeat_kv_rows(t: torch.Tensor, kv: int, d: int, group: int) -> torch.Tensor:
+    return t.view(kv, d, *t.shape[1:]).repeat_interleave(group, 0).reshape(-1, *t.shape[1:])
+
+
+def test_gqa_equals_mha_with_repeated_kv_weights() -> None:
+    gqa = make_model(n_kv_heads=2, positional="rope")
+    cfg = ModelConfig(**{**gqa.cfg.to_dict(), "n_kv_heads": 4})
+    mha = Transformer(cfg).eval()
+    state = dict(gqa.state_dict())
+    d, h, kv = cfg.head_dim, cfg.n_heads, 2
+    for i in range(cfg.n_layers):
+        for kind in ("weight", "bias"):
+            key = f"blocks.{i}.attn.qkv.{kind}"
+            packed = state[key]
+            q, k, v = packed.split([h * d, kv * d, kv * d])
+            state[key] = torch.cat(
+                [q, _repeat_kv_rows(k, kv, d, h // kv), _repeat_kv_rows(v, kv, d, h // kv)]
+            )
+    mha.load_state_dict(state)
+    tokens = torch.randint(0, 101, (2, 13))
+    with torch.no_grad():
+        assert (gqa(tokens) - mha(tokens)).abs().max() < 1e-5
+
+
+def test_reference_forward_written_independently() -> None:
+    """A loop-over-heads LLaMA-style forward written from the formulas, not from our modules."""
+    model = make_model(**FAMILIES["llama-like-gqa"])
+    cfg = model.cfg
+    tokens = torch.randint(0, 101, (1, 11))
+    T, H, K, d = 11, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+
+    def rms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return w * x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.norm_eps)
+
+    def rope(x: torch.Tensor) -> torch.Tensor:  # x [T, d], rotate-half pairs (i, i + d/2)
+        out = x.clone()
+        for pos in range(T):
+            for i in range(d // 2):
+                theta = pos * cfg.rope_theta ** (-2 * i / d)
+                a, b = x[pos, i], x[pos, i + d // 2]
+                out[pos, i] = a * math.cos(theta) - b * math.sin(theta)
+                out[pos, i + d // 2] = b * math.cos(theta) + a * math.sin(theta)
+        return out
+
+    with torch.no_grad():
+        x = model.embed.weight[tokens[0]]
+        for blk in model.blocks:
+            h = rms(x, blk.ln1.weight)
+            W = blk.attn.qkv.weight
+            heads = []
+            for head in range(H):
+                kvh = head // (H // K)
+                q = rope(h @ W[head * d : (head + 1) * d].T)
+                k = rope(h @ W[(H + kvh) * d : (H + kvh + 1) * d].T)
+                v = h @ W[(H + K + kvh) * d : (H + K + kvh + 1) * d].T
+                scores = q @ k.T / math.sqrt(d)
+                scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+                heads.append(torch.softmax(scores, -1) @ v)
+            x = x + torch.cat(heads, -1) @ blk.attn.out.weight.T
+            h = rms(x, blk.ln2.weight)
+            gate_up = h @ blk.mlp.fc_in.weight.T
+            gate, up = gate_up[:, : cfg.mlp_dim], gate_up[:, cfg.mlp_dim :]
+            x = x + (F.silu(gate) * up) @ blk.mlp.fc_out.weight.T
+        logits = rms(x, model.ln_final.weight) @ model.unembed.weight.T
+        assert (logits - model(tokens)[0]).abs().max() < 1e-4
+
+
+def test_parallel_block_reads_the_same_residual_for_both_branches() -> None:
+    model = make_model(**FAMILIES["neox-like-parallel"])
+    tokens = torch.randint(0, 101, (1, 8))
+    with torch.no_grad():
+        tr = model.run_with_trace(tokens)
+        blk = model.blocks[0]
+        pre = tr["blocks.0.hook_resid_pre"]
+        assert torch.allclose(tr["blocks.0.ln2.hook_normalized"], blk.ln2(pre), atol=1e-6)
+        assert torch.allclose(
+            tr["blocks.0.hook_resid_post"],
+            pre + tr["blocks.0.hook_attn_out"] + tr["blocks.0.hook_mlp_out"],
+            atol=1e-5,
+        )
+
+
+def test_dropout_is_active_only_in_training() -> None:
+    model = make_model(dropout=0.5)
+    tokens = torch.randint(0, 101, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(model(tokens), model(tokens))
+        model.train()
+        assert not torch.equal(model(tokens), model(tokens))
+
+
+def test_prompt_longer_than_context_is_a_clear_error() -> None:
+    model = make_model(n_ctx=16)
+    with pytest.raises(ValueError, match="context window of 16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_from_state_dict_roundtrip_and_shape_errors() -> None:
+    model = make_model(**FAMILIES["llama-like-gqa"])
+    state = {k: v for k, v in model.state_dict().items() if k != "unembed.weight"}
+    rebuilt = Transformer.from_state_dict(model.cfg, state)
+    tokens = torch.randint(0, 101, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(tokens), model(tokens))
+    assert rebuilt.unembed.weight is rebuilt.embed.weight
+    bad = dict(state)
+    bad["ln_final.weight"] = torch.ones(3)
+    with pytest.raises(ValueError, match=r"ln_final.weight has shape \(3,\)"):
+        Transformer.from_state_dict(model.cfg, bad)
+    del bad["ln_final.weight"]
+    with pytest.raises(ValueError, match="missing"):
+        Transformer.from_state_dict(model.cfg, bad)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(d_model=50, n_heads=4), "must divide d_model"),
+        (dict(n_kv_heads=3), "must divide n_heads"),
+        (dict(n_layers=0), "n_layers must be a positive integer"),
+        (dict(positional="alibi"), "positional must be one of"),
+        (dict(dropout=1.5), "dropout"),
+        (dict(rope_scaling={"type": "yarn"}), "rope_scaling type"),
+    ],
+)
+def test_impossible_configs_are_rejected(overrides: dict[str, object], message: str) -> None:
+    base: dict[str, object] = dict(vocab_size=10, d_model=48, n_layers=2, n_heads=4)
+    base.update(overrides)
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**base)  # type: ignore[arg-type]
+
+
+def test_unknown_config_keys_are_named() -> None:
+    with pytest.raises(ConfigError, match="unknown model config keys: n_layer"):
+        ModelConfig.from_dict({"n_layer": 3})
+
+
+def test_parameter_counts_add_up() -> None:
+    model = make_model(**FAMILIES["mqa-untied"])
+    counts = model.parameter_counts()
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    assert counts["unembed"] == 101 * 48
