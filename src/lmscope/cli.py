@@ -15,9 +15,19 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from lmscope.commands import models
+    from lmscope.commands import models, serve
 
     models.register(app)
+    serve.register(app)
+
+    from lmscope.commands import explain
+
+    explain.register(app)
+
+    from lmscope.commands import data, train
+
+    data.register(app)
+    train.register(app)
 
 
 def main() -> None:

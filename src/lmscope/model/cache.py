@@ -46,3 +46,94 @@ class KVCache:
         """Keep only the given batch rows (for dropping finished sequences)."""
         self.keys = self.keys[:, rows]
         self.values = self.values[:, rows]
+
+
+class SlotKVCache:
+    """A cache of `slots` sequences of different lengths, for continuous batching.
+
+    Active sequences occupy slots [0, n_active); each has its own length. A new sequence is
+    prefilled alone in a KVCache and copied in with `insert`; a finished one is removed with
+    `remove`, which moves the last active row into its slot so the active rows stay a
+    contiguous (copy-free) view. Decoding feeds one token per active row.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        slots: int,
+        n_kv_heads: int,
+        max_len: int,
+        d_head: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (n_layers, slots, n_kv_heads, max_len, d_head)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+        self.slots = slots
+        self.max_len = max_len
+        self.n_active = 0
+
+    @property
+    def free(self) -> int:
+        return self.slots - self.n_active
+
+    def insert(self, single: KVCache) -> int:
+        """Copy a prefilled batch-1 cache into the next free slot; returns the slot index."""
+        if self.n_active >= self.slots:
+            raise ValueError("no free slot in the cache")
+        if single.length >= self.max_len:
+            raise ValueError(f"sequence of {single.length} positions exceeds capacity {self.max_len}")
+        slot = self.n_active
+        n = single.length
+        self.keys[:, slot, :, :n] = single.keys[:, 0, :, :n]
+        self.values[:, slot, :, :n] = single.values[:, 0, :, :n]
+        self.lengths[slot] = n
+        self.n_active += 1
+        return slot
+
+    def remove(self, slot: int) -> int | None:
+        """Free `slot`. Returns the old index of the row moved into it, or None if none moved."""
+        last = self.n_active - 1
+        if not 0 <= slot <= last:
+            raise ValueError(f"slot {slot} is not active")
+        moved = None
+        if slot != last:
+            n = int(self.lengths[last])
+            self.keys[:, slot, :, :n] = self.keys[:, last, :, :n]
+            self.values[:, slot, :, :n] = self.values[:, last, :, :n]
+            self.lengths[slot] = self.lengths[last]
+            moved = last
+        self.lengths[last] = 0
+        self.n_active -= 1
+        return moved
+
+    # ---- what the model calls while decoding ----------------------------------------------
+    def decode_positions(self) -> torch.Tensor:
+        """Positions [n, 1] of the next token of every active row."""
+        return self.lengths[: self.n_active, None]
+
+    def decode_mask(self) -> torch.Tensor:
+        """[n, 1, 1, S]: each row sees its own cached keys and the new one."""
+        lengths = self.lengths[: self.n_active]
+        span = int(lengths.max()) + 1
+        keys = torch.arange(span, device=lengths.device)
+        return (keys[None, :] <= lengths[:, None])[:, None, None, :]
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one new key/value per active row [n, K, 1, d] at that row's length."""
+        n = self.n_active
+        lengths = self.lengths[:n]
+        if int(lengths.max()) + 1 > self.max_len:
+            raise ValueError(f"KV cache full: capacity {self.max_len}")
+        rows = torch.arange(n, device=lengths.device)
+        self.keys[layer, rows, :, lengths] = k[:, :, 0]
+        self.values[layer, rows, :, lengths] = v[:, :, 0]
+        span = int(lengths.max()) + 1
+        return self.keys[layer, :n, :, :span], self.values[layer, :n, :, :span]
+
+    def advance(self, n: int) -> None:
+        self.lengths[: self.n_active] += n

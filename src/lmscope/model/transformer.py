@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmscope.model.cache import KVCache
+from lmscope.model.cache import KVCache, SlotKVCache
 from lmscope.model.config import ModelConfig
 from lmscope.model.positional import apply_rope, rope_tables, sinusoidal_table
 from lmscope.model.trace import Trace, TraceRecorder
@@ -88,7 +88,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None,
-        cache: KVCache | None,
+        cache: KVCache | SlotKVCache | None,
         rec: TraceRecorder | None,
     ) -> torch.Tensor:
         q, k, v = self.split_qkv(x)
@@ -202,7 +202,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         mask: torch.Tensor | None,
-        cache: KVCache | None,
+        cache: KVCache | SlotKVCache | None,
         rec: TraceRecorder | None,
     ) -> torch.Tensor:
         name = f"blocks.{self.layer}."
@@ -250,34 +250,6 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     # ---- set-up ---------------------------------------------------------------------------
-    @classmethod
-    def from_state_dict(cls, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
-        """Build a model around existing tensors without a wasted random initialisation.
-
-        Raises ValueError naming missing, unexpected or misshapen tensors.
-        """
-        if cfg.tie_embeddings and "unembed.weight" not in state and "embed.weight" in state:
-            state = {**state, "unembed.weight": state["embed.weight"]}
-        with torch.device("meta"):
-            model = cls(cfg)
-        expected = set(model.state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise ValueError(
-                f"weights do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
-        for name, tensor in model.state_dict().items():
-            if tuple(state[name].shape) != tuple(tensor.shape):
-                raise ValueError(
-                    f"tensor {name} has shape {tuple(state[name].shape)}, "
-                    f"the config needs {tuple(tensor.shape)}"
-                )
-        model.load_state_dict(state, assign=True)
-        if cfg.tie_embeddings:
-            model.unembed.weight = model.embed.weight
-        model._build_buffers()
-        return model.eval()
-
     def _build_buffers(self) -> None:
         """Positional tables: derived from the config, never saved (non-persistent)."""
         cfg = self.cfg
@@ -317,6 +289,12 @@ class Transformer(nn.Module):
         cfg = self.cfg
         return KVCache(
             cfg.n_layers, batch, cfg.kv_heads, max_len, cfg.head_dim, self.dtype, self.device
+        )
+
+    def new_slot_cache(self, slots: int, max_len: int) -> SlotKVCache:
+        cfg = self.cfg
+        return SlotKVCache(
+            cfg.n_layers, slots, cfg.kv_heads, max_len, cfg.head_dim, self.dtype, self.device
         )
 
     # ---- shared pieces ----------------------------------------------------------------------
@@ -402,14 +380,17 @@ class Transformer(nn.Module):
         input_embeds: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotKVCache | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
         """Logits [b, T, V] (or [b, 1, V] with last_only).
 
         attention_mask: [b, past + T], 1 for real tokens and 0 for padding (left padding).
-        cache: a KVCache; new keys/values are appended and its length advanced.
+        cache: a KVCache; new keys/values are appended and its length advanced. A SlotKVCache
+        decodes one token for each of its active rows (continuous batching).
         """
+        if isinstance(cache, SlotKVCache):
+            return self._decode_slots(tokens, cache)
         past = cache.length if cache is not None else 0
         x, positions = self._inputs(tokens, input_embeds, positions, past, None)
         mask = self._mask(attention_mask, x.shape[1], past, x.device)
@@ -420,6 +401,18 @@ class Transformer(nn.Module):
             cache.advance(x.shape[1])
         if last_only:
             x = x[:, -1:]
+        return self.unembed(self.ln_final(x))
+
+    def _decode_slots(self, tokens: torch.Tensor | None, cache: SlotKVCache) -> torch.Tensor:
+        """One decoding step for every active row of a SlotKVCache: tokens [n, 1] -> [n, 1, V]."""
+        if tokens is None or tokens.shape != (cache.n_active, 1):
+            raise ValueError(f"slot decoding takes tokens of shape ({cache.n_active}, 1)")
+        x, positions = self._inputs(tokens, None, cache.decode_positions(), 0, None)
+        mask = cache.decode_mask()
+        rope = self._rope(positions, x.dtype)
+        for block in self.blocks:
+            x = block(x, rope, mask, cache, None)
+        cache.advance(1)
         return self.unembed(self.ln_final(x))
 
     # ---- trace path ---------------------------------------------------------------------------

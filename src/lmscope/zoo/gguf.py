@@ -92,7 +92,7 @@ def state_dict_from_gguf(reader: Any, cfg: ModelConfig) -> dict[str, torch.Tenso
     raw: dict[str, np.ndarray] = {}
     for tensor in reader.tensors:
         array = quants.dequantize(tensor.data, tensor.tensor_type)
-        raw[tensor.name] = np.ascontiguousarray(array, dtype=np.float32)
+        raw[tensor.name] = np.array(array, dtype=np.float32, order="C", copy=True)
 
     def take(name: str) -> torch.Tensor:
         try:
@@ -144,11 +144,8 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 
 def from_gguf(path: str | Path) -> tuple[Any, Any]:
     """(Transformer, tokenizer) from a GGUF file."""
-    from lmscope.model.transformer import Transformer
+    from lmscope.zoo.checkpoint import model_from_state_dict
 
     cfg, state = read_gguf(path)
-    try:
-        model = Transformer.from_state_dict(cfg, state)
-    except ValueError as err:
-        raise GGUFError(f"{path}: {err}") from err
+    model = model_from_state_dict(cfg, state, source=str(path), error=GGUFError)
     return model, load_gguf_tokenizer(Path(path))

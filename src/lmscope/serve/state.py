@@ -1,0 +1,113 @@
+"""What a running server holds: settings, loaded models, their engines, and the router."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lmscope.serve.engine import Engine
+from lmscope.serve.errors import APIError
+from lmscope.serve.metrics import ServerMetrics
+from lmscope.serve.routing import ModelSpec, Router, parse_route
+
+log = logging.getLogger("lmscope.serve")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ServeSettings:
+    models: list[ModelSpec] = field(
+        default_factory=lambda: [ModelSpec("smollm2-135m", "smollm2-135m")]
+    )
+    routes: list[str] = field(default_factory=list)
+    api_key: str | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_batch: int = 8
+    max_queue: int = 64
+    max_seq_len: int = 2048
+    request_timeout: float = 600.0
+    dtype: str = "float32"
+    explain_workers: int = 1
+
+
+@dataclass
+class ServedModel:
+    id: str
+    source: str
+    model: Any  # Transformer
+    tokenizer: Any
+    engine: Engine
+
+
+class ServerState:
+    def __init__(self, settings: ServeSettings, metrics: ServerMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        ids = [spec.id for spec in settings.models]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"model ids must be unique, got {ids}")
+        known = set(ids)
+        routes = {r.alias: r for r in (parse_route(text, known) for text in settings.routes)}
+        self.router = Router(ids, routes)
+        self.models: dict[str, ServedModel] = {}
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self.explain_lock = threading.Semaphore(max(1, settings.explain_workers))
+
+    def load_all(self) -> None:
+        """Load every model and start its engine (runs on a background thread)."""
+        from lmscope.zoo.registry import load
+
+        try:
+            dtype = DTYPES[self.settings.dtype]
+            for spec in self.settings.models:
+                log.info(
+                    '{"event": "loading", "model": "%s", "source": "%s"}', spec.id, spec.source
+                )
+                loaded = load(spec.source, dtype=dtype)
+                if loaded.tokenizer is None:
+                    raise ValueError(f"model {spec.id} has no tokenizer; the server needs one")
+                engine = Engine(
+                    loaded.model,
+                    loaded.tokenizer,
+                    name=spec.id,
+                    metrics=self.metrics,
+                    max_batch=self.settings.max_batch,
+                    max_queue=self.settings.max_queue,
+                    max_seq_len=self.settings.max_seq_len,
+                )
+                engine.start()
+                self.models[spec.id] = ServedModel(
+                    spec.id, spec.source, loaded.model, loaded.tokenizer, engine
+                )
+            self.ready.set()
+            log.info('{"event": "ready", "models": %d}', len(self.models))
+        except Exception as err:
+            self.load_error = f"{type(err).__name__}: {err}"
+            log.error('{"event": "load_failed", "error": "%s"}', self.load_error)
+
+    def shutdown(self) -> None:
+        for served in self.models.values():
+            served.engine.stop()
+
+    def resolve(self, requested: str | None) -> ServedModel:
+        if not self.ready.is_set():
+            raise APIError(
+                503,
+                "the server is still loading its models; retry shortly",
+                headers={"Retry-After": "2"},
+            )
+        model_id = self.router.resolve(requested)
+        if model_id is None:
+            raise APIError(
+                404,
+                f"model {requested!r} does not exist; available: {', '.join(self.router.names())}",
+                param="model",
+                code="model_not_found",
+            )
+        return self.models[model_id]

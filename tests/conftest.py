@@ -1,0 +1,96 @@
+"""Shared test set-up: a repo-local model cache and the embedded default model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Tests share one converted default model under the repo (gitignored), unless told otherwise.
+os.environ.setdefault("LMSCOPE_CACHE", str(REPO / ".cache" / "lmscope"))
+
+
+@pytest.fixture(scope="session")
+def default_model():  # type: ignore[no-untyped-def]
+    """The embedded smollm2-135m (converted once per cache), in fp32 eval mode."""
+    from lmscope.zoo.registry import load
+
+    return load("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = REPO.parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip("shared corpora (../shared/data) are not present")
+    return path
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_tokenizer(vocab_size: int = 300):  # type: ignore[no-untyped-def]
+    """A byte-level BPE tokenizer trained in memory, with chat special tokens and a template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = [
+        "The quick brown fox jumps over the lazy dog.",
+        "To be, or not to be, that is the question.",
+        "In the beginning God created the heaven and the earth.",
+    ] * 20
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(text, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+        pad_token="<|endoftext|>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny LLaMA-shaped model with a real tokenizer: loads through the registry by path."""
+    import torch
+
+    from lmscope.model.config import ModelConfig
+    from lmscope.model.transformer import Transformer
+    from lmscope.zoo.checkpoint import save_checkpoint
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=len(tokenizer),
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        n_ctx=256,
+        positional="rope",
+        norm="rmsnorm",
+        activation="silu",
+        gated_mlp=True,
+        qkv_bias=False,
+        out_bias=False,
+        mlp_bias=False,
+        architecture="llama",
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    save_checkpoint(Transformer(cfg).eval(), path, tokenizer=tokenizer)
+    return path

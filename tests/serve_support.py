@@ -1,0 +1,48 @@
+"""A real uvicorn server on a free loopback port, for tests that need HTTP end to end."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import uvicorn
+
+from lmscope.serve.app import create_app
+from lmscope.serve.state import ServeSettings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(settings: ServeSettings, *, wait_ready: bool = True) -> Iterator[str]:
+    """Serve `settings` on a background thread; yields the base URL."""
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            status = httpx.get(base + "/health", timeout=2).status_code
+            if status == 200 or (not wait_ready and status == 503):
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    else:
+        raise RuntimeError("server did not become ready")
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
