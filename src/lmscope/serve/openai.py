@@ -75,6 +75,7 @@ def _params(
         seed=seed,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        ignore_eos=body.ignore_eos,
     )
 
 

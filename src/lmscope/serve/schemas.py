@@ -32,6 +32,9 @@ class SamplingFields(BaseModel):
     repetition_penalty: float = Field(
         default=1.0, gt=0.0, le=10.0, description="lmscope extension (HF semantics)"
     )
+    ignore_eos: bool = Field(
+        default=False, description="lmscope/vLLM extension: keep going past EOS"
+    )
     n: int = Field(default=1, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
