@@ -57,7 +57,7 @@ def in_process_decode(model_name: str, max_tokens: int) -> float:
         rates = []
         for prompt in PROMPTS[:3]:
             ids = loaded.tokenizer.encode(prompt)
-            params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+            params = SamplingParams(max_new_tokens=max_tokens, temperature=0.0, ignore_eos=True)
             times = []
             async for event in engine.generate(ids, params):
                 if event.token_id is not None:

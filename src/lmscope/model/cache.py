@@ -84,7 +84,9 @@ class SlotKVCache:
         if self.n_active >= self.slots:
             raise ValueError("no free slot in the cache")
         if single.length >= self.max_len:
-            raise ValueError(f"sequence of {single.length} positions exceeds capacity {self.max_len}")
+            raise ValueError(
+                f"sequence of {single.length} positions exceeds capacity {self.max_len}"
+            )
         slot = self.n_active
         n = single.length
         self.keys[:, slot, :, :n] = single.keys[:, 0, :, :n]

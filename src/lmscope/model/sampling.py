@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+TOP_P_FIRST_K = 64  # top-p sorts this many of the likeliest tokens first, more only if needed
+
 
 class GenerationError(ValueError):
     """A generation request that cannot be served as asked (a user error, not a bug)."""
@@ -75,7 +77,9 @@ class SamplingParams:
         return self.greedy and self.repetition_penalty == 1.0 and self.logprobs is None
 
 
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+def apply_repetition_penalty(
+    logits: torch.Tensor, seen: torch.Tensor, penalty: float
+) -> torch.Tensor:
     """logits [..., V]; seen [..., V] bool marks the tokens already in the sequence."""
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
@@ -94,12 +98,18 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     probability reaches p (the token that crosses p is kept); -inf elsewhere."""
     if p >= 1.0:
         return logits
-    sorted_logits, order = torch.sort(logits, descending=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    mass_before = probs.cumsum(-1) - probs
-    drop = mass_before >= p
-    drop[0] = False
-    return logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = torch.softmax(logits, dim=-1)
+    vocab = probs.shape[-1]
+    k = min(TOP_P_FIRST_K, vocab)
+    top_probs, top_ids = torch.topk(probs, k)  # the nucleus is usually inside a small head
+    if k < vocab and float(top_probs.sum()) < p:
+        top_probs, top_ids = torch.sort(probs, descending=True)
+    mass_before = top_probs.cumsum(-1) - top_probs
+    keep = top_ids[mass_before < p]
+    keep = keep if keep.numel() else top_ids[:1]
+    out = torch.full_like(logits, float("-inf"))
+    out[keep] = logits[keep]
+    return out
 
 
 def processed_logits(
@@ -125,7 +135,7 @@ def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None) ->
     cdf = probs.cumsum(-1)
     u = torch.rand((), generator=generator, dtype=cdf.dtype, device=cdf.device)
     index = int(torch.searchsorted(cdf, (u * cdf[-1]).reshape(1), right=True))
-    if index >= probs.shape[-1] or probs[index] <= 0:  # u * total rounded up to the total
+    if index >= probs.shape[-1]:  # u * total rounded up to the total
         index = int(torch.nonzero(probs > 0)[-1])
     return index
 

@@ -2,8 +2,10 @@
 
 Requests wait in a bounded queue. Each loop turn admits waiting requests into free slots of a
 SlotKVCache (prefilling each alone), then decodes one token for every active sequence in a
-single batched forward. Tokens flow back to the asyncio side through per-request queues; a
-request whose consumer went away (client disconnect, timeout) is dropped at the next turn.
+single batched forward. Per-sequence choices (sampling, stop strings, detokenising) belong to
+`lmscope.model.generate.Sequence`; this module only schedules. Tokens flow back to the asyncio
+side through per-request queues; a request whose consumer went away (client disconnect,
+timeout) is dropped at the next turn.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import math
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from lmscope.model.generate import Sequence, TokenLogprob, default_eos_ids, token_logprob
+from lmscope.model.sampling import SamplingParams
 from lmscope.model.transformer import Transformer
 from lmscope.serve.metrics import ServerMetrics
+
+__all__ = ["ContextLengthError", "Engine", "Event", "QueueFullError", "SamplingParams"]
 
 
 class QueueFullError(Exception):
@@ -29,27 +35,6 @@ class QueueFullError(Exception):
 
 class ContextLengthError(ValueError):
     """Prompt plus requested tokens do not fit the served context."""
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    logprobs: int | None = None  # None: no logprobs; k: chosen token plus k alternatives
-    prompt_logprobs: bool = False  # echo + logprobs: score the prompt tokens too
-    ignore_eos: bool = False
-
-
-@dataclass
-class TokenLogprob:
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]]
 
 
 @dataclass
@@ -67,53 +52,17 @@ class Event:
 
 @dataclass
 class _Request:
-    prompt: list[int]
-    params: SamplingParams
+    sequence: Sequence
     emit: Callable[[Event], None]
     arrival: float
-    generator: torch.Generator | None
-    generated: list[int] = field(default_factory=list)
-    emitted_chars: int = 0
+    prompt_logprobs: bool
     cancelled: bool = False
     first_token_at: float | None = None
     last_token_at: float | None = None
 
-
-def _top_logprobs(logprobs: torch.Tensor, chosen: int, k: int) -> TokenLogprob:
-    top: list[tuple[int, float]] = []
-    if k > 0:
-        values, ids = logprobs.topk(k)
-        top = [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
-    return TokenLogprob(chosen, float(logprobs[chosen]), top)
-
-
-def sample_row(
-    logits: torch.Tensor,
-    params: SamplingParams,
-    history: list[int],
-    generator: torch.Generator | None,
-) -> int:
-    """Pick the next token from one row of logits [V] under the request's own settings."""
-    if params.repetition_penalty != 1.0 and history:
-        seen = torch.tensor(sorted(set(history)), device=logits.device)
-        picked = logits[seen]
-        logits = logits.clone()
-        logits[seen] = torch.where(
-            picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty
-        )
-    if params.temperature == 0.0:
-        return int(logits.argmax())
-    logits = logits.float() / params.temperature
-    if params.top_k > 0 and params.top_k < logits.shape[-1]:
-        kth = logits.topk(params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = logits.sort(descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= params.top_p  # keep the token crossing p
-        logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    @property
+    def prompt(self) -> list[int]:
+        return self.sequence.prompt_ids
 
 
 class Engine:
@@ -137,12 +86,7 @@ class Engine:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_seq_len = min(max_seq_len, model.cfg.n_ctx)
-        self.stop_ids: set[int] = set()
-        eos = getattr(tokenizer, "eos_token_id", None)
-        if eos is not None:
-            self.stop_ids.add(int(eos))
-        if model.cfg.eos_token_id is not None:
-            self.stop_ids.add(int(model.cfg.eos_token_id))
+        self.eos_ids = default_eos_ids(model, tokenizer)
         self._pending: collections.deque[_Request] = collections.deque()
         self._rows: list[_Request] = []
         self._cv = threading.Condition()
@@ -182,20 +126,22 @@ class Engine:
             )
 
     async def generate(
-        self, prompt: list[int], params: SamplingParams
+        self, prompt: list[int], params: SamplingParams, *, prompt_logprobs: bool = False
     ) -> AsyncGenerator[Event, None]:
-        """Stream the events of one request; closing the iterator cancels the request."""
-        self.check_fits(len(prompt), params.max_tokens)
+        """Stream the events of one request; closing the iterator cancels the request.
+
+        prompt_logprobs: also score the prompt tokens (OpenAI `echo` with `logprobs`).
+        """
+        self.check_fits(len(prompt), params.max_new_tokens)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
         def emit(event: Event) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, event)
 
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator().manual_seed(params.seed)
-        request = _Request(list(prompt), params, emit, time.perf_counter(), generator)
+        sequence = Sequence(prompt, params)
+        sequence.attach(self.model, self.tokenizer, self.eos_ids, n_ctx=self.max_seq_len)
+        request = _Request(sequence, emit, time.perf_counter(), prompt_logprobs)
         with self._cv:
             if len(self._pending) >= self.max_queue:
                 self.metrics.rejected.labels(model_name=self.name).inc()
@@ -247,18 +193,18 @@ class Engine:
             return
         prompt = torch.tensor([request.prompt], device=self.model.device)
         single = self.model.new_cache(1, len(request.prompt))
-        want_prompt = request.params.prompt_logprobs
-        logits = self.model(prompt, cache=single, last_only=not want_prompt)[0].float()
+        logits = self.model(prompt, cache=single, last_only=not request.prompt_logprobs)[0]
         self.metrics.prompt_tokens.labels(model_name=self.name).inc(len(request.prompt))
-        prompt_scores: list[TokenLogprob | None] | None = None
-        if want_prompt:
-            k = request.params.logprobs or 0
-            logprobs = torch.log_softmax(logits[:-1], dim=-1)
-            prompt_scores = [None] + [
-                _top_logprobs(logprobs[i], tok, k) for i, tok in enumerate(request.prompt[1:])
+        if request.prompt_logprobs:
+            k = request.sequence.params.logprobs or 0
+            logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
+            scores: list[TokenLogprob | None] = [None]
+            scores += [
+                token_logprob(self.tokenizer, logprobs[i], tok, k)
+                for i, tok in enumerate(request.prompt[1:])
             ]
-            request.emit(Event(prompt_logprobs=prompt_scores, prompt_tokens=len(request.prompt)))
-        if request.params.max_tokens == 0:
+            request.emit(Event(prompt_logprobs=scores, prompt_tokens=len(request.prompt)))
+        if request.sequence.params.max_new_tokens == 0:
             self._finish(request, "length")
             return
         self._slots.insert(single)
@@ -266,16 +212,17 @@ class Engine:
         self._accept(len(self._rows) - 1, logits[-1])
 
     def _decode_step(self) -> None:
-        tokens = torch.tensor([[r.generated[-1]] for r in self._rows], device=self.model.device)
-        logits = self.model(tokens, cache=self._slots)[:, 0].float()
-        for row in range(len(self._rows) - 1, -1, -1):
-            self._accept(row, logits[row])
+        last = [[r.sequence.token_ids[-1]] for r in self._rows]
+        logits = self.model(torch.tensor(last, device=self.model.device), cache=self._slots)
+        for row in range(len(self._rows) - 1, -1, -1):  # retiring a row moves only later rows
+            self._accept(row, logits[row, 0])
 
     def _accept(self, row: int, logits: torch.Tensor) -> None:
-        """Sample the next token of `row`, emit it, and retire the row if it is done."""
+        """Choose the next token of `row`, emit it, and retire the row if it is done."""
         request = self._rows[row]
-        params = request.params
-        token = sample_row(logits, params, request.prompt + request.generated, request.generator)
+        sequence = request.sequence
+        token, logprob = sequence.choose(logits)
+        step = sequence.accept(token, logprob)
         now = time.perf_counter()
         if request.first_token_at is None:
             request.first_token_at = now
@@ -286,51 +233,17 @@ class Engine:
             )
         request.last_token_at = now
         self.metrics.generation_tokens.labels(model_name=self.name).inc()
-        logprob = None
-        if params.logprobs is not None:
-            logprob = _top_logprobs(torch.log_softmax(logits, -1), token, params.logprobs)
-        finish = None
-        if token in self.stop_ids and not params.ignore_eos:
-            finish = "stop"
-        else:
-            request.generated.append(token)
-        if (finish is None and len(request.generated) >= params.max_tokens) or (
-            finish is None and len(request.prompt) + len(request.generated) >= self.max_seq_len
-        ):
-            finish = "length"
-        text, stopped = self._new_text(request, final=finish is not None)
-        if stopped:
-            finish = "stop"
         request.emit(
             Event(
-                text=text,
+                text=step.text,
                 token_id=token,
                 logprob=logprob,
-                prompt_tokens=len(request.prompt),
-                completion_tokens=len(request.generated),
+                prompt_tokens=len(sequence.prompt_ids),
+                completion_tokens=len(sequence.token_ids),
             )
         )
-        if finish is not None:
-            self._retire(row, finish)
-
-    def _new_text(self, request: _Request, *, final: bool) -> tuple[str, bool]:
-        """Text not yet emitted; holds back a possible stop-string prefix or a split character."""
-        text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
-        for stop in request.params.stop:
-            at = text.find(stop)
-            if at != -1:
-                out = text[request.emitted_chars : at]
-                request.emitted_chars = max(request.emitted_chars, at)
-                return out, True
-        end = len(text)
-        if not final:
-            if text.endswith("\ufffd"):
-                end -= 1
-            hold = max((len(s) - 1 for s in request.params.stop), default=0)
-            end = max(request.emitted_chars, end - hold)
-        out = text[request.emitted_chars : end]
-        request.emitted_chars = max(request.emitted_chars, end)
-        return out, False
+        if step.finish_reason is not None:
+            self._retire(row, step.finish_reason)
 
     def _retire(self, row: int, reason: str) -> None:
         request = self._rows[row]
@@ -345,7 +258,7 @@ class Engine:
             Event(
                 finish_reason=reason,
                 prompt_tokens=len(request.prompt),
-                completion_tokens=len(request.generated),
+                completion_tokens=len(request.sequence.token_ids),
             )
         )
         self.metrics.request_success.labels(model_name=self.name, finished_reason=reason).inc()

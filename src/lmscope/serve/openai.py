@@ -11,14 +11,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from lmscope.serve.engine import (
-    ContextLengthError,
-    Event,
-    QueueFullError,
-    SamplingParams,
-    TokenLogprob,
-    safe_float,
-)
+from lmscope.model.generate import TokenLogprob
+from lmscope.model.sampling import GenerationError, SamplingParams
+from lmscope.serve.engine import ContextLengthError, Event, QueueFullError, safe_float
 from lmscope.serve.errors import APIError, error_payload
 from lmscope.serve.schemas import (
     AssistantMessage,
@@ -58,25 +53,23 @@ async def list_models(request: Request) -> ModelList:
 
 # ---- shared plumbing ----------------------------------------------------------------------------
 def _params(
-    body: SamplingFields,
-    max_tokens: int,
-    logprobs: int | None,
-    prompt_logprobs: bool,
-    seed_offset: int,
+    body: SamplingFields, max_tokens: int, logprobs: int | None, seed_offset: int
 ) -> SamplingParams:
     seed = None if body.seed is None else (body.seed + seed_offset) % (2**63)
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        repetition_penalty=body.repetition_penalty,
-        stop=body.stop_list(),
-        seed=seed,
-        logprobs=logprobs,
-        prompt_logprobs=prompt_logprobs,
-        ignore_eos=body.ignore_eos,
-    )
+    try:
+        return SamplingParams(
+            max_new_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            repetition_penalty=body.repetition_penalty,
+            stop=tuple(body.stop_list()),
+            seed=seed,
+            logprobs=logprobs,
+            ignore_eos=body.ignore_eos,
+        )
+    except GenerationError as err:
+        raise APIError(400, str(err), code="invalid_value") from None
 
 
 def _encode_text(served: ServedModel, text: str) -> list[int]:
@@ -94,11 +87,15 @@ def _check_ids(served: ServedModel, ids: list[int]) -> list[int]:
 
 
 async def _run(
-    served: ServedModel, prompt: list[int], params: SamplingParams, timeout: float
+    served: ServedModel,
+    prompt: list[int],
+    params: SamplingParams,
+    timeout: float,
+    prompt_logprobs: bool = False,
 ) -> AsyncIterator[Event]:
     """Engine events with the server's error mapping and an overall timeout."""
     try:
-        stream = served.engine.generate(prompt, params)
+        stream = served.engine.generate(prompt, params, prompt_logprobs=prompt_logprobs)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -205,7 +202,7 @@ def _completion_logprobs(
     if prompt_ids is not None:
         items = list(zip(prompt_ids, scored[: len(prompt_ids)], strict=True))
         scored = scored[len(prompt_ids) :]
-    items += [(s.token_id, s) for s in scored if s is not None]
+    items += [(score.token_id, score) for score in scored if score is not None]
     assert out.top_logprobs is not None
     for token_id, score in items:
         text = _token_text(served, token_id)
@@ -217,7 +214,7 @@ def _completion_logprobs(
             out.top_logprobs.append(None)
         else:
             out.top_logprobs.append(
-                {_token_text(served, t): safe_float(v) or 0.0 for t, v in score.top}
+                {alt.token: safe_float(alt.logprob) or 0.0 for alt in score.top}
             )
     return out
 
@@ -237,13 +234,13 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     timeout = state.settings.request_timeout
 
     async def one(choice: int, prompt: list[int]) -> tuple[CompletionChoice, int, int]:
-        params = _params(body, max_tokens, body.logprobs, want_prompt_scores, choice)
+        params = _params(body, max_tokens, body.logprobs, choice)
         text: list[str] = []
         reason: str | None = None
         scored: list[TokenLogprob] = []
         prompt_scores: list[TokenLogprob | None] | None = None
         completion_tokens = 0
-        async for event in _run(served, prompt, params, timeout):
+        async for event in _run(served, prompt, params, timeout, want_prompt_scores):
             if event.prompt_logprobs is not None:
                 prompt_scores = event.prompt_logprobs
             text.append(event.text)
@@ -274,7 +271,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
 
             async def pump(choice: int, prompt: list[int]) -> None:
                 try:
-                    params = _params(body, max_tokens, body.logprobs, False, choice)
+                    params = _params(body, max_tokens, body.logprobs, choice)
                     if body.echo:
                         await queue.put(
                             _completion_chunk(
@@ -392,20 +389,19 @@ def _chat_prompt(served: ServedModel, body: ChatCompletionRequest) -> list[int]:
 
 def _chat_logprobs(served: ServedModel, scored: list[TokenLogprob]) -> ChatLogprobs:
     content = []
-    for s in scored:
-        text = _token_text(served, s.token_id)
+    for score in scored:
         content.append(
             ChatTokenLogprob(
-                token=text,
-                logprob=safe_float(s.logprob) or 0.0,
-                bytes=list(text.encode()),
+                token=score.token,
+                logprob=safe_float(score.logprob) or 0.0,
+                bytes=list(score.token.encode()),
                 top_logprobs=[
                     TopLogprob(
-                        token=_token_text(served, t),
-                        logprob=safe_float(v) or 0.0,
-                        bytes=list(_token_text(served, t).encode()),
+                        token=alt.token,
+                        logprob=safe_float(alt.logprob) or 0.0,
+                        bytes=list(alt.token.encode()),
                     )
-                    for t, v in s.top
+                    for alt in score.top
                 ],
             )
         )
@@ -446,7 +442,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
                 )
             try:
                 for choice in range(body.n):
-                    params = _params(body, max_tokens, logprobs, False, choice)
+                    params = _params(body, max_tokens, logprobs, choice)
                     async for event in _run(served, prompt, params, timeout):
                         if event.finish_reason is not None:
                             completion_tokens += event.completion_tokens
@@ -485,7 +481,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         return _streaming(chunks(), served)
 
     async def one(choice: int) -> tuple[ChatChoice, int]:
-        params = _params(body, max_tokens, logprobs, False, choice)
+        params = _params(body, max_tokens, logprobs, choice)
         text, reason, scored, completion_tokens = [], None, [], 0
         async for event in _run(served, prompt, params, timeout):
             text.append(event.text)
