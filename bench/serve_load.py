@@ -43,11 +43,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def in_process_decode(model_name: str, max_tokens: int) -> float:
     """Single-stream decode tok/s through the same Engine the server uses, without HTTP."""
-    from lmscope.serve.engine import Engine, SamplingParams
+    from lmscope.model.generate import optimize_for_decoding
+    from lmscope.model.sampling import SamplingParams
+    from lmscope.serve.engine import Engine
     from lmscope.serve.metrics import ServerMetrics
     from lmscope.zoo.registry import load
 
     loaded = load(model_name)
+    optimize_for_decoding(loaded.model)  # as the server does
     engine = Engine(
         loaded.model, loaded.tokenizer, name=model_name, metrics=ServerMetrics(), max_batch=8
     )

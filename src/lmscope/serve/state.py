@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from lmscope.model.generate import optimize_for_decoding
 from lmscope.serve.engine import Engine
 from lmscope.serve.errors import APIError
 from lmscope.serve.metrics import ServerMetrics
@@ -70,6 +71,7 @@ class ServerState:
                     '{"event": "loading", "model": "%s", "source": "%s"}', spec.id, spec.source
                 )
                 loaded = load(spec.source, dtype=dtype)
+                optimize_for_decoding(loaded.model)  # fp32 CPU only; values unchanged
                 if loaded.tokenizer is None:
                     raise ValueError(f"model {spec.id} has no tokenizer; the server needs one")
                 engine = Engine(
