@@ -29,6 +29,10 @@ def _register() -> None:
     data.register(app)
     train.register(app)
 
+    from lmscope.commands import generate
+
+    generate.register(app)
+
 
 def main() -> None:
     _register()

@@ -1,0 +1,133 @@
+"""Training configs: strict keys, overrides, impossible values, schedules, the CLI entry."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from lmscope.train.config import ScheduleSection, TrainConfig, apply_overrides, load_config
+from lmscope.train.errors import TrainConfigError
+from lmscope.train.schedules import Schedule
+
+BASE = {
+    "out_dir": "runs/x",
+    "model": {"d_model": 32, "n_layers": 2, "n_heads": 2},
+    "data": {"dir": "data/x", "context": 16},
+}
+
+
+def write(tmp_path: Path, data: dict) -> Path:  # type: ignore[type-arg]
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_load_with_overrides(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, BASE),
+        ["optim.lr=1e-3", "train.batch_size=3", "optim.betas=[0.8, 0.9]", "finetune.lora.r=4"],
+    )
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.optim.lr == 1e-3 and cfg.train.batch_size == 3 and cfg.optim.betas == [0.8, 0.9]
+    assert cfg.finetune.lora is not None and cfg.finetune.lora.r == 4
+    assert cfg.finetune.lora.targets == ["attn.qkv", "attn.out"]
+    assert cfg.schedule.kind == "cosine"  # defaults fill the rest
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["optim.learning_rate=1"],
+            r"unknown config key 'optim.learning_rate'.*did you mean 'optim.lr'",
+        ),
+        (["trian.max_steps=3"], r"unknown config key 'trian'.*did you mean 'train'"),
+        (["optim.lr=-0.1"], "optim.lr must be a positive number"),
+        (["optim.lr=fast"], "optim.lr must be a number"),
+        (["train.batch_size=0"], "train.batch_size must be >= 1"),
+        (["train.grad_accum=0"], "train.grad_accum must be >= 1"),
+        (["model.n_heads=3"], r"n_heads \(3\) must divide d_model \(32\)"),
+        (["model.n_layer=2"], "unknown model config keys: n_layer"),
+        (["model.dropout=1.5"], "dropout must be in"),
+        (["schedule.kind=exponential"], "schedule.kind must be one of"),
+        (["optim.betas=[0.9]"], "optim.betas must be two numbers"),
+        (["eval.patience=0"], "eval.patience must be >= 1"),
+        (["data.context=64", "model.n_ctx=32"], "longer than model.n_ctx"),
+        (["train.dtype=fp8"], "train.dtype must be one of"),
+        (["finetune.unfreeze_every=10"], "needs finetune.freeze_layers"),
+        (
+            ["finetune.lora.r=4", "finetune.freeze_layers=1"],
+            "LoRA already freezes|lora already freezes",
+        ),
+        (["init_from=some-model", "model.d_model=64"], "keeps its pretrained architecture"),
+        (["optim.lr"], "must look like section.key=value"),
+        (["optim.lr.x=1"], "optim.lr must be a number"),
+        (["optim=3"], "optim must be a mapping"),
+    ],
+)
+def test_bad_configs_are_clear_errors(tmp_path: Path, overrides: list[str], message: str) -> None:
+    with pytest.raises(TrainConfigError, match=message):
+        load_config(write(tmp_path, BASE), overrides)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(TrainConfigError, match="not found"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(TrainConfigError, match="mapping"):
+        load_config(bad)
+    data = dict(BASE, data={"context": 16})
+    with pytest.raises(TrainConfigError, match=r"data\.dir"):
+        load_config(write(tmp_path, data))
+
+
+def test_apply_overrides_creates_sections() -> None:
+    data: dict = {}  # type: ignore[type-arg]
+    apply_overrides(data, ["a.b.c=3", "a.d=hello", "e=[1, 2]"])
+    assert data == {"a": {"b": {"c": 3}, "d": "hello"}, "e": [1, 2]}
+
+
+def test_schedules() -> None:
+    def make(kind: str, **kw: float) -> Schedule:
+        section = ScheduleSection(kind=kind, warmup_steps=10, min_lr_ratio=0.1, **kw)  # type: ignore[arg-type]
+        return Schedule.from_config(1.0, section, max_steps=110)
+
+    cosine, linear, constant = make("cosine"), make("linear"), make("constant")
+    assert cosine(0) == pytest.approx(0.1) and cosine(9) == pytest.approx(1.0)
+    assert cosine(10) == pytest.approx(1.0)
+    assert cosine(60) == pytest.approx(0.55)  # halfway down the half cosine
+    assert cosine(110) == pytest.approx(0.1) and cosine(500) == pytest.approx(0.1)
+    assert linear(60) == pytest.approx(0.55) and linear(35) == pytest.approx(1 - 0.9 * 0.25)
+    assert constant(5) == pytest.approx(0.6) and constant(1000) == 1.0
+    step = make("step", step_every=20, gamma=0.5)
+    assert [step(s) for s in (10, 29, 30, 50, 70)] == pytest.approx([1, 1, 0.5, 0.25, 0.125])
+    values = [cosine(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    assert all(math.isfinite(v) and v > 0 for v in values)
+
+
+def test_cli_print_config_and_errors(tmp_path: Path) -> None:
+    from lmscope.cli import _register, app
+
+    _register()
+    runner = CliRunner()
+    path = write(tmp_path, BASE)
+    result = runner.invoke(app, ["train", str(path), "optim.lr=0.002", "--print-config"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["optim"]["lr"] == 0.002
+    result = runner.invoke(app, ["train", str(path), "train.batch_size=0"])
+    assert result.exit_code == 2 and "train.batch_size must be >= 1" in result.output
+
+
+def test_example_configs_are_valid() -> None:
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+    assert len(examples) >= 3
+    for path in examples:
+        cfg = load_config(path)
+        assert cfg.data.dir and cfg.out_dir, path
