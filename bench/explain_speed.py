@@ -1,0 +1,179 @@
+"""Figures for the explain engine (prints them; not a test).
+
+    .venv/bin/python bench/explain_speed.py                 # everything, torch on 2 threads
+    .venv/bin/python bench/explain_speed.py gpt2 --threads 1  # one part: gpt2|smollm2|long|ig
+
+- gpt2: full route graph (all layers, tokens, heads and MLPs) for 64 tokens on a GPT-2-small-
+  shaped random model (12 layers, d_model 768, 12 heads). Target: <= 0.5 s (LM-TT: 5.8 s).
+- smollm2: route graph for 64 tokens on smollm2-135m vs a plain forward pass in the same run.
+  Target: <= 3x the forward.
+- long: 1024 tokens on smollm2-135m, in a fresh process: completes, peak RSS < 4 GB.
+- ig: integrated gradients, 32 steps, 64 tokens on smollm2-135m. Target: < 10 s.
+Timings are the best of several runs after a warm-up (median alongside); on a shared machine
+they are noisy. With other processes busy on the same 2 cores, torch on 2 threads can be several
+times slower than on 1 (OpenMP threads wait for each other), so compare --threads 1 and 2.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Torch's OpenMP threads spin while they wait for each other; on a machine shared with other
+# work that makes 2 threads several times slower than 1. Passive waiting avoids it. Must be set
+# before torch starts; export OMP_WAIT_POLICY=ACTIVE to measure the default behaviour.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class Timing(float):
+    """Best time (the float value) with the median of the runs attached."""
+
+    median: float
+
+    def __format__(self, spec: str) -> str:
+        return f"{float(self):{spec}} s (median {self.median:.3f})"
+
+
+def timed(fn: Callable[[], Any], repeat: int = 7) -> tuple[Timing, Any]:
+    """Best of `repeat` runs after a warm-up: the run least disturbed by other work."""
+    fn()  # warm-up
+    times, out = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    best = Timing(min(times))
+    best.median = statistics.median(times)
+    return best, out
+
+
+def route_graph(model: Any, ids: torch.Tensor, neurons: bool = False) -> Any:
+    """Trace + every importance (all layers, tokens, heads, MLPs) + the routes of all tokens."""
+    from lmscope.explain import compute_flow, record
+
+    trace = record(model, ids, neurons=neurons)
+    flow = compute_flow(model, trace)
+    return flow, flow.routes(None, 0.04)
+
+
+def bench_gpt2() -> None:
+    from lmscope.explain import compute_flow, record
+    from lmscope.model.config import ModelConfig
+    from lmscope.model.transformer import Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, n_ctx=1024)
+    model = Transformer(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, 64))
+    with torch.no_grad():
+        t_fwd, _ = timed(lambda: model(ids))
+    t_trace, trace = timed(lambda: record(model, ids, neurons=False))
+    t_flow, flow = timed(lambda: compute_flow(model, trace))
+    t_routes, routes = timed(lambda: flow.routes(None, 0.04))
+    t_all, _ = timed(lambda: route_graph(model, ids))
+    print("GPT-2-small shape (random weights), 64 tokens")
+    print(f"  plain forward            {t_fwd:7.3f}")
+    print(f"  trace (record)           {t_trace:7.3f}")
+    print(f"  all importances (flow)   {t_flow:7.3f}")
+    print(f"  routes of all 64 tokens  {t_routes:7.3f}   ({len(routes.edges)} edges at tau 0.04)")
+    print(f"  full route graph total   {t_all:7.3f}   (target <= 0.5 s; LM-TT 5.8 s)")
+
+
+def _smollm2() -> Any:
+    from lmscope.zoo.registry import load
+
+    return load("smollm2-135m")
+
+
+def _prompt_ids(loaded: Any, n: int) -> torch.Tensor:
+    with open(__file__) as f:
+        text = f.read() * 4
+    ids = loaded.tokenizer.encode(text)[:n]
+    assert len(ids) == n
+    return torch.tensor([ids])
+
+
+def bench_smollm2() -> None:
+    loaded = _smollm2()
+    model = loaded.model
+    ids = _prompt_ids(loaded, 64)
+    with torch.no_grad():
+        t_fwd, _ = timed(lambda: model(ids))
+    t_graph, _ = timed(lambda: route_graph(model, ids))
+    print("smollm2-135m, 64 tokens")
+    print(f"  plain forward            {t_fwd:7.3f}")
+    print(
+        f"  full route graph         {t_graph:7.3f}  = {t_graph / t_fwd:.2f}x forward (target <= 3x)"
+    )
+
+
+def bench_long() -> None:
+    """Run `long-child` in a fresh process so peak RSS is this workload's own."""
+    out = subprocess.run(
+        [sys.executable, __file__, "long-child", "--threads", str(torch.get_num_threads())],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    print(out.stdout, end="")
+    if out.returncode:
+        print(out.stderr)
+
+
+def bench_long_child() -> None:
+    from lmscope.explain import explain
+
+    loaded = _smollm2()
+    ids = _prompt_ids(loaded, 1024)
+    start = time.perf_counter()
+    ex = explain(loaded, ids[0], tau=0.04, saliency=False)
+    total = time.perf_counter() - start
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print("smollm2-135m, 1024 tokens (fresh process; explain(): trace, flow, routes, lens, heads)")
+    print(
+        f"  total                    {total:7.1f} s  { {k: round(v, 2) for k, v in ex.timings.items()} }"
+    )
+    print(f"  peak RSS                 {peak_gb:7.2f} GiB  (target < 4 GB)")
+    print(f"  route of the last token  {len(ex.routes.nodes)} nodes, {len(ex.routes.edges)} edges")
+
+
+def bench_ig() -> None:
+    from lmscope.explain import integrated_gradients
+
+    loaded = _smollm2()
+    ids = _prompt_ids(loaded, 64)
+    t_ig, attr = timed(lambda: integrated_gradients(loaded.model, ids, n_steps=32), repeat=2)
+    print("smollm2-135m, integrated gradients, 32 steps, 64 tokens")
+    print(f"  time                     {t_ig:7.2f}   (target < 10 s)")
+    print(f"  completeness gap         {attr.meta['delta']:+.4f} (score {attr.meta['value']:.3f})")
+
+
+PARTS = {
+    "gpt2": bench_gpt2,
+    "smollm2": bench_smollm2,
+    "long": bench_long,
+    "ig": bench_ig,
+    "long-child": bench_long_child,
+}
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    threads = 2
+    if "--threads" in args:
+        at = args.index("--threads")
+        threads = int(args[at + 1])
+        del args[at : at + 2]
+    torch.set_num_threads(threads)
+    if args != ["long-child"]:
+        print(f"torch threads: {threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+    for part in args or ["gpt2", "smollm2", "long", "ig"]:
+        PARTS[part]()

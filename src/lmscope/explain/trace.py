@@ -1,0 +1,166 @@
+"""Recording the trace the explainers need, and reading it back as per-layer tensors.
+
+`record(model, tokens)` runs the model's trace path keeping only the activations the explainers
+read (a full trace of a 1024-token prompt would not fit the memory budget). `TraceView` gives
+typed access to one sequence of a trace: residual nodes, attention patterns and per-head value
+vectors already mapped through W_O, which is what the contribution maths works on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+
+from lmscope.explain.errors import check_tokens
+from lmscope.model.trace import Trace
+from lmscope.model.transformer import Block, Transformer
+
+ResidKind = Literal["embed", "resid_mid", "resid_post"]
+
+# What the route graph, the lens and the head/neuron tools read.
+FLOW_SUFFIXES = (
+    "hook_resid_mid",
+    "hook_resid_post",
+    "attn.hook_pattern",
+    "attn.hook_v",
+    "hook_mlp_out",
+)
+NEURON_SUFFIXES = ("mlp.hook_post",)
+
+
+def keeps(neurons: bool = True) -> Callable[[str], bool]:
+    """The hook-name predicate that `record` passes to `run_with_trace`."""
+    suffixes = FLOW_SUFFIXES + (NEURON_SUFFIXES if neurons else ())
+
+    def keep(name: str) -> bool:
+        if name == "blocks.0.hook_resid_pre":
+            return True
+        return name.startswith("blocks.") and name.endswith(suffixes)
+
+    return keep
+
+
+def to_tokens(tokens: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """A [1, T] long tensor from a list of ids or a [T] / [1, T] tensor."""
+    t = torch.as_tensor(tokens, dtype=torch.long)
+    if t.dim() == 1:
+        t = t[None]
+    if t.dim() != 2 or t.shape[0] != 1:
+        raise ValueError(
+            f"explain works on one sequence at a time; got tokens of shape {tuple(t.shape)}"
+        )
+    return t
+
+
+def record(
+    model: Transformer, tokens: torch.Tensor | Sequence[int], *, neurons: bool = True
+) -> Trace:
+    """Run the trace path on one sequence, keeping what the explainers need.
+
+    neurons: also keep the MLP hidden activations (`mlp.hook_post`, needed for neuron
+    attribution); leave it off to save memory on long prompts.
+    """
+    t = to_tokens(tokens).to(model.device)
+    check_tokens(t.shape[1], model.cfg.n_ctx)
+    was_training = model.training
+    model.eval()
+    try:
+        return model.run_with_trace(t, names=keeps(neurons))
+    finally:
+        model.train(was_training)
+
+
+class TraceView:
+    """Per-layer tensors of one sequence (batch row `batch`) of a trace, in float32 on CPU."""
+
+    def __init__(self, model: Transformer, trace: Trace, batch: int = 0) -> None:
+        self.model = model
+        self.trace = trace
+        self.batch = batch
+        self.cfg = model.cfg
+        self.n_layers = model.cfg.n_layers
+        self.n_heads = model.cfg.n_heads
+        self.n_tokens = int(trace.tokens.shape[-1])
+        self.parallel = model.cfg.parallel_attn_mlp
+        self.tokens: list[int] = [int(t) for t in trace.tokens[batch].tolist()]
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.trace:
+            raise KeyError(
+                f"the trace has no {name!r}; record it with lmscope.explain.trace.record(model, "
+                "tokens) (or run_with_trace with that name)"
+            )
+        return self.trace[name][self.batch].detach().float().cpu()
+
+    # ---- residual nodes ---------------------------------------------------------------------
+    def resid_pre(self, layer: int) -> torch.Tensor:
+        """[T, D] residual entering block `layer` (layer 0: the input embeddings)."""
+        name = f"blocks.{layer}.hook_resid_pre"
+        if name in self.trace or layer == 0:
+            return self.get(name)
+        return self.resid_post(layer - 1)
+
+    def resid_mid(self, layer: int) -> torch.Tensor:
+        """[T, D] residual after attention (parallel blocks: resid_pre + attn_out)."""
+        return self.get(f"blocks.{layer}.hook_resid_mid")
+
+    def resid_post(self, layer: int) -> torch.Tensor:
+        return self.get(f"blocks.{layer}.hook_resid_post")
+
+    def residual(self, kind: ResidKind, layer: int) -> torch.Tensor:
+        if kind == "embed":
+            return self.resid_pre(0)
+        if kind == "resid_mid":
+            return self.resid_mid(layer)
+        if kind == "resid_post":
+            return self.resid_post(layer)
+        raise ValueError(f"unknown residual node kind {kind!r}; use embed, resid_mid or resid_post")
+
+    # ---- attention ---------------------------------------------------------------------------
+    def pattern(self, layer: int) -> torch.Tensor:
+        """[H, T(query), T(key)] attention probabilities."""
+        return self.get(f"blocks.{layer}.attn.hook_pattern")
+
+    def head_vectors(self, layer: int) -> torch.Tensor:
+        """[T, H, D]: u[j, h] = v^h_j @ W_O^h, what head h would write from source j at weight 1.
+
+        GQA/MQA: query head h reads key/value head h // (H / K).
+        """
+        v = self.get(f"blocks.{layer}.attn.hook_v")  # [T, K, d]
+        group = self.n_heads // v.shape[1]
+        if group > 1:
+            v = v.repeat_interleave(group, dim=1)
+        w_o = self.attn_weight(layer)  # [H, d, D]
+        return torch.einsum("thd,hdD->thD", v, w_o)
+
+    def block(self, layer: int) -> Block:
+        block = self.model.blocks[layer]
+        assert isinstance(block, Block)
+        return block
+
+    def attn_weight(self, layer: int) -> torch.Tensor:
+        """[H, d, D]."""
+        return self.block(layer).attn.W_O.detach().float().cpu()
+
+    def attn_bias(self, layer: int) -> torch.Tensor | None:
+        b = self.block(layer).attn.b_O
+        return None if b is None else b.detach().float().cpu()
+
+    # ---- MLP ---------------------------------------------------------------------------------
+    def mlp_out(self, layer: int) -> torch.Tensor:
+        """[T, D] MLP output including its output bias."""
+        return self.get(f"blocks.{layer}.hook_mlp_out")
+
+    def mlp_hidden(self, layer: int) -> torch.Tensor:
+        """[T, M] hidden activations a_k (the input of W_out)."""
+        return self.get(f"blocks.{layer}.mlp.hook_post")
+
+    def mlp_weight(self, layer: int) -> torch.Tensor:
+        """[M, D]."""
+        return self.block(layer).mlp.W_out.detach().float().cpu()
+
+    def mlp_bias(self, layer: int) -> torch.Tensor | None:
+        b = self.block(layer).mlp.b_out
+        return None if b is None else b.detach().float().cpu()

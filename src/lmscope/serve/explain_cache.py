@@ -1,0 +1,217 @@
+"""A small LRU cache of traced prompts, so clicks in the explorer reuse one trace.
+
+A click in the web explorer (another target, a head, a neuron, a lens node) asks about the same
+prompt again. Tracing and the information flow are the expensive steps, so each traced prompt
+keeps its `TraceView` and one `FlowGraph` per proximity norm. Entries are evicted least recently
+used first, by count and by the bytes their tensors hold.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from lmscope.explain import (
+    Explanation,
+    FlowGraph,
+    TraceView,
+    attention_rollout,
+    compute_flow,
+    gradient_x_input,
+    head_importance,
+    lens_table,
+    record,
+    top_heads,
+    top_neurons,
+    trajectory,
+)
+from lmscope.explain.errors import check_position, check_tau
+from lmscope.explain.lens import TokenScore, promotions_at
+from lmscope.model.transformer import Transformer
+
+CacheKey = tuple[str, tuple[int, ...]]
+
+
+def _tensor_bytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
+class TracedPrompt:
+    """One traced prompt of one served model, with its flows computed so far."""
+
+    model_id: str
+    tokens: list[int]
+    token_strs: list[str]
+    view: TraceView
+    flows: dict[str, FlowGraph] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def key(self) -> CacheKey:
+        return (self.model_id, tuple(self.tokens))
+
+    def flow(self, norm: str) -> FlowGraph:
+        """The flow for `norm`, computed on first use."""
+        with self._lock:
+            found = self.flows.get(norm)
+        if found is not None:
+            return found
+        flow = compute_flow(self.view.model, self.view, norm=norm, token_strs=self.token_strs)
+        with self._lock:
+            return self.flows.setdefault(norm, flow)
+
+    def nbytes(self) -> int:
+        trace = self.view.trace
+        tensors = [trace.logits, *trace.activations.values()]
+        with self._lock:
+            for flow in self.flows.values():
+                tensors += [flow.attn_heads, flow.attn_edges]
+        return _tensor_bytes(tensors)
+
+
+class TraceCache:
+    """Thread-safe LRU of `TracedPrompt`s keyed by (model id, token ids)."""
+
+    def __init__(self, max_entries: int = 8, max_bytes: int = 2 << 30) -> None:
+        self.max_entries = max(1, max_entries)
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[CacheKey, TracedPrompt] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def get(self, key: CacheKey) -> TracedPrompt | None:
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return entry
+
+    def put(self, entry: TracedPrompt) -> TracedPrompt:
+        with self._lock:
+            self._items[entry.key] = entry
+            self._items.move_to_end(entry.key)
+            self._evict(keep=entry.key)
+            return entry
+
+    def get_or_build(
+        self, key: CacheKey, build: Callable[[], TracedPrompt]
+    ) -> tuple[TracedPrompt, bool]:
+        """(entry, was_cached). `build` runs outside the cache lock."""
+        found = self.get(key)
+        if found is not None:
+            return found, True
+        return self.put(build()), False
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def _evict(self, keep: CacheKey) -> None:
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)
+        total = sum(e.nbytes() for e in self._items.values())
+        for key in list(self._items):
+            if total <= self.max_bytes:
+                break
+            if key == keep:
+                continue
+            total -= self._items.pop(key).nbytes()
+
+
+def trace_prompt(
+    model_id: str, model: Transformer, tokens: list[int], decode: Callable[[int], str]
+) -> TracedPrompt:
+    """Trace `tokens` once (the expensive forward pass the cache saves)."""
+    view = TraceView(model, record(model, tokens))
+    return TracedPrompt(model_id, list(tokens), [decode(t) for t in tokens], view)
+
+
+def explain_traced(
+    entry: TracedPrompt,
+    *,
+    target: int = -1,
+    tau: float = 0.04,
+    renormalise: bool = False,
+    norm: str = "l1",
+    k: int = 10,
+    saliency: bool = True,
+    saliency_token: int | None = None,
+    decode: Callable[[int], str],
+    prompt: str | None = None,
+) -> Explanation:
+    """What `lmscope.explain.explain` returns, built from a cached trace and flow.
+
+    `explain()` always traces afresh; this mirrors its assembly step by step so that every
+    click in the explorer reuses the trace (tests check that both give the same JSON).
+    saliency_token: the token gradient x input explains (default: the top prediction), e.g. the
+    token a completion actually produced.
+    """
+    tau = check_tau(tau)
+    view = entry.view
+    model = view.model
+    ids = entry.tokens
+    target = check_position(target, len(ids))
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    flow = entry.flow(norm)
+    timings["flow"] = time.perf_counter() - clock
+    routes = flow.routes(target, tau, renormalise=renormalise)
+
+    logits = view.trace.logits[0, target].float().cpu()
+    probs = torch.softmax(logits.double(), -1).float()
+    top_v, top_i = logits.topk(min(k, logits.numel()))
+    prediction = [
+        TokenScore(int(t), decode(int(t)), float(v), float(probs[t]), r)
+        for r, (v, t) in enumerate(zip(top_v, top_i, strict=True))
+    ]
+    lens = lens_table(model, view, target, k=k, decode=decode)
+    traj = trajectory(model, view, target, decode=decode)
+    heads = top_heads(flow, target, k)
+    neurons = [top_neurons(view, layer, target, k=5, norm=norm) for layer in range(view.n_layers)]
+    head_ids = [(int(a), int(b)) for a, b in (lab[1:].split("H") for lab, _ in heads[:5])]
+    promotions = promotions_at(model, view, target, head_ids, 5, decode)
+    attributions = [attention_rollout(view, target)]
+    if saliency:
+        token = prediction[0].token if saliency_token is None else saliency_token
+        attributions.insert(0, gradient_x_input(model, ids, target, token))
+    timings["total"] = time.perf_counter() - clock
+    return Explanation(
+        model=entry.model_id,
+        tokens=list(ids),
+        token_strs=list(entry.token_strs),
+        target=target,
+        tau=tau,
+        renormalise=renormalise,
+        norm=norm,
+        n_layers=view.n_layers,
+        n_heads=view.n_heads,
+        prediction=prediction,
+        routes=routes,
+        lens=lens,
+        trajectory=traj,
+        top_heads=heads,
+        head_importance=head_importance(flow, target).tolist(),
+        neurons=neurons,
+        promotions=promotions,
+        saliency=attributions,
+        prompt=prompt,
+        flow=flow,
+        view=view,
+        model_ref=model,
+        decoder=decode,
+        timings=timings,
+    )

@@ -1,0 +1,498 @@
+// lmscope explorer: wires the prompt, the route graph, the inspector and the generation panel.
+
+import { el, showToken, fmt, pct, postJSON, getJSON, streamSSE, debounce } from "./util.js";
+import { renderGraph, rethreshold, markSelected, edgeKey } from "./graph.js";
+import { overviewPanel, edgePanel, headView, neuronPanel, lensPanel } from "./panels.js";
+
+const EXAMPLES = [
+  "The capital of France is",
+  "When Mary and John went to the store, John gave a drink to",
+  "The Eiffel Tower is located in the city of",
+  "1, 2, 3, 4, 5,",
+  "def add(a, b):\n    return",
+  "The opposite of hot is",
+];
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  source: null, // what every explain request repeats: {model, prompt | messages, completion, norm}
+  ex: null, // the last explanation
+  routes: null, // the route graph as fetched (at routes.graph.tau)
+  shown: null, // the graph drawn (re-thresholded client-side while the slider moves)
+  selected: null,
+  zoom: 1, // multiplies the fitted row height and column width
+  seq: 0,
+  generating: null, // AbortController of a running generation
+};
+
+// ---- errors and busy state --------------------------------------------------------------------
+function showError(err) {
+  if (err?.name === "AbortError") return;
+  const status = err?.status ? `${err.status}` : "Error";
+  $("error-title").textContent = err?.param ? `${status} · ${err.param}:` : `${status}:`;
+  $("error-message").textContent = err?.message || String(err);
+  $("error").hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+}
+
+function busy(on, text = "Explaining…") {
+  $("busy").hidden = !on;
+  $("busy-text").textContent = text;
+  $("explain-btn").disabled = on;
+}
+
+// ---- sources ------------------------------------------------------------------------------------
+function tau() {
+  return Number($("tau").value);
+}
+
+function promptSource(completion) {
+  const text = $("prompt").value;
+  const source = { model: $("model-select").value || undefined, norm: $("norm").value };
+  if ($("chat-mode").checked) source.messages = [{ role: "user", content: text }];
+  else source.prompt = text;
+  if (completion) source.completion = completion;
+  return source;
+}
+
+// ---- explaining -----------------------------------------------------------------------------------
+async function explain(source, extra = {}) {
+  const seq = ++state.seq;
+  busy(true);
+  try {
+    const ex = await postJSON("/v1/explain", {
+      ...source,
+      tau: tau(),
+      renormalise: $("renormalise").checked,
+      k: 10,
+      saliency: false, // the overview fetches it after the graph is drawn
+      ...extra,
+    });
+    if (seq !== state.seq) return null;
+    clearError();
+    // Pin the model that answered (an A/B route alias could pick another one next time).
+    state.source = { ...source, model: ex.model };
+    state.ex = ex;
+    state.routes = ex.routes;
+    state.shown = rethreshold(ex.routes, tau());
+    state.selected = null;
+    drawAll();
+    showOverview();
+    return ex;
+  } catch (err) {
+    if (seq === state.seq) showError(err);
+    return null;
+  } finally {
+    if (seq === state.seq) busy(false);
+  }
+}
+
+function sub(path, body) {
+  return postJSON(path, { ...state.source, ...body });
+}
+
+function drawAll() {
+  const ex = state.ex;
+  if (!ex) return;
+  $("graph-empty").hidden = true;
+  drawTokens();
+  drawGraph();
+  const pred = ex.prediction[0];
+  const summary = $("graph-summary");
+  summary.replaceChildren(
+    "Position ",
+    el("b", {}, String(ex.target)),
+    " ",
+    el("span", { class: "mono" }, `“${showToken(ex.token_strs[ex.target])}”`),
+    " predicts ",
+    el("b", { class: "mono" }, `“${showToken(pred.text)}”`),
+    ` (${pct(pred.prob)})`,
+  );
+  if (ex.next_token) {
+    const nt = ex.next_token;
+    summary.append(
+      " · actual next ",
+      el("b", { class: "mono" }, `“${showToken(nt.text)}”`),
+      ` rank #${nt.rank + 1} (${pct(nt.prob)})`,
+    );
+  }
+  drawFooter();
+}
+
+function drawFooter() {
+  const ex = state.ex;
+  const g = state.shown;
+  const t = ex.timings || {};
+  $("graph-footer").textContent =
+    `${ex.model} · ${ex.tokens.length} tokens · ${ex.n_layers} layers × ${ex.n_heads} heads · ` +
+    `${g.nodes.length} nodes, ${g.links.length} edges at τ = ${g.graph.tau.toFixed(3)}` +
+    `${g.graph.renormalise ? " (renormalised)" : ""} · norm ${ex.norm} · ` +
+    `${ex.cached ? "trace reused" : `traced in ${fmt(t.trace ?? 0, 2)} s`} · explained in ${fmt(t.total ?? 0, 2)} s`;
+}
+
+function graphBox() {
+  const wrap = $("graph-wrap");
+  return { width: wrap.clientWidth, height: wrap.clientHeight - 8 };
+}
+
+
+
+function drawTokens() {
+  const ex = state.ex;
+  const box = $("tokens");
+  box.replaceChildren(
+    ...ex.token_strs.map((text, p) =>
+      el(
+        "span",
+        {
+          class: `tok${p === ex.target ? " target" : ""}${p >= ex.n_prompt_tokens ? " generated" : ""}`,
+          title: `position ${p} · id ${ex.tokens[p]} — click to explain the prediction made here`,
+          dataset: { position: p },
+          onclick: () => setTarget(p),
+        },
+        el("span", { class: "pos" }, p),
+        showToken(text),
+      ),
+    ),
+  );
+}
+
+function drawGraph() {
+  const ex = state.ex;
+  renderGraph($("graph"), state.shown, {
+    tokenStrs: ex.token_strs,
+    target: ex.target,
+    nLayers: ex.n_layers,
+    nPrompt: ex.n_prompt_tokens,
+    box: graphBox(),
+    zoom: state.zoom,
+    selected: state.selected,
+    tooltip: $("tooltip"),
+    onEdge,
+    onNode,
+    onToken: setTarget,
+  });
+}
+
+function setTarget(position) {
+  if (!state.source) return;
+  explain(state.source, { target: position });
+}
+
+// ---- the tau slider: instant client-side re-threshold, exact graph from the server after -----
+const refetchRoutes = debounce(async () => {
+  if (!state.ex) return;
+  const seq = state.seq;
+  try {
+    const body = await sub("/v1/explain/routes", {
+      target: state.ex.target,
+      tau: tau(),
+      renormalise: $("renormalise").checked,
+    });
+    if (seq !== state.seq) return;
+    state.routes = body.routes;
+    state.shown = body.routes;
+    drawGraph();
+    drawFooter();
+  } catch (err) {
+    showError(err);
+  }
+}, 250);
+
+function onTau() {
+  $("tau-value").textContent = tau().toFixed(3);
+  if (!state.routes) return;
+  if (tau() >= state.routes.graph.tau) {
+    state.shown = rethreshold(state.routes, tau());
+    drawGraph();
+    drawFooter();
+  }
+  refetchRoutes();
+}
+
+// ---- inspector ----------------------------------------------------------------------------------
+function showTab(name) {
+  for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.tab === name);
+  $("panel-overview").hidden = name !== "overview";
+  $("panel-details").hidden = name !== "details";
+}
+
+function showOverview() {
+  const panel = $("panel-overview");
+  panel.replaceChildren(
+    overviewPanel(state.ex, {
+      tooltip: $("tooltip"),
+      onHead: (layer, head) => openHead(layer, head, state.ex.target, null),
+      onSaliency: (method) => {
+        const ex = state.ex;
+        // A generated token is explained by the token actually produced, not the top prediction.
+        const token = ex.target >= ex.n_prompt_tokens - 1 && ex.next_token ? ex.next_token.token : undefined;
+        return sub("/v1/explain/saliency", { method, target: ex.target, token, n_steps: 24 });
+      },
+    }),
+  );
+  showTab("overview");
+}
+
+function details(...children) {
+  $("panel-details").replaceChildren(...children);
+  showTab("details");
+}
+
+function loading(text) {
+  return el("p", { class: "muted" }, text);
+}
+
+function select(key) {
+  state.selected = key;
+  markSelected($("graph"), key);
+}
+
+function position(id) {
+  return Number(id.split("/").pop());
+}
+
+function onEdge(edge) {
+  select(edgeKey(edge));
+  if (edge.kind === "attention" || edge.kind === "self_attention") {
+    const headBox = el("div", { id: "head-box" });
+    const render = (selectedHead) =>
+      edgePanel(edge, state.ex, {
+        selectedHead,
+        onHead: (layer, head) => {
+          bars.replaceWith((bars = render(head)));
+          loadHead(headBox, layer, head, position(edge.target), position(edge.source));
+        },
+      });
+    const top = edge.heads ? edge.heads.indexOf(Math.max(...edge.heads)) : 0;
+    let bars = render(top);
+    details(bars, el("hr", { class: "section-sep" }), headBox);
+    loadHead(headBox, edge.layer, top, position(edge.target), position(edge.source));
+  } else if (edge.kind === "residual") {
+    openLens(edge.target, true);
+  } else {
+    const mlpNode = edge.kind === "mlp_in" ? edge.target : edge.source;
+    openNeurons(edge.layer, position(mlpNode));
+  }
+}
+
+function onNode(node) {
+  select(node.id);
+  if (node.kind === "mlp") openNeurons(node.layer, node.position);
+  else openLens(node.id, true);
+}
+
+async function loadHead(box, layer, head, target, source) {
+  box.replaceChildren(loading(`Loading head L${layer}H${head}…`));
+  try {
+    const data = await sub("/v1/explain/head", { layer, head, target, source: source ?? undefined });
+    box.replaceChildren(headView(data, { tooltip: $("tooltip"), highlight: source === null ? null : [target, source] }));
+  } catch (err) {
+    box.replaceChildren(el("p", { class: "down" }, err.message));
+    showError(err);
+  }
+}
+
+function openHead(layer, head, target, source) {
+  select(null);
+  const box = el("div", { id: "head-box" });
+  details(box);
+  loadHead(box, layer, head, target, source);
+}
+
+async function openNeurons(layer, pos) {
+  details(loading(`Loading the neurons of L${layer} at position ${pos}…`));
+  try {
+    const data = await sub("/v1/explain/neurons", { layer, position: pos, k: 10 });
+    details(neuronPanel(data));
+  } catch (err) {
+    details(el("p", { class: "down" }, err.message));
+    showError(err);
+  }
+}
+
+async function openLens(node, finalNorm) {
+  details(loading(`Loading the logit lens of ${node}…`));
+  try {
+    const data = await sub("/v1/explain/lens", { node, k: 12, final_norm: finalNorm });
+    const predicted = position(node) === state.ex.target ? state.ex.prediction[0].token : null;
+    details(lensPanel(data, { onFinalNorm: (on) => openLens(node, on), predicted }));
+  } catch (err) {
+    details(el("p", { class: "down" }, err.message));
+    showError(err);
+  }
+}
+
+// ---- generation -------------------------------------------------------------------------------
+async function generate() {
+  if (state.generating) {
+    state.generating.abort();
+    return;
+  }
+  const text = $("prompt").value;
+  const chat = $("chat-mode").checked;
+  const model = $("model-select").value || undefined;
+  const out = $("gen-output");
+  const streamed = el("span", { class: "gen-stream caret", id: "gen-stream" });
+  out.replaceChildren(el("span", { class: "gen-prompt" }, chat ? "" : text), streamed);
+  const controller = new AbortController();
+  state.generating = controller;
+  const button = $("generate-btn");
+  button.textContent = "Stop";
+  let completion = "";
+  const common = {
+    model,
+    max_tokens: Number($("max-tokens").value) || 20,
+    temperature: Number($("temperature").value) || 0,
+    stream: true,
+  };
+  try {
+    clearError();
+    if (chat) {
+      await streamSSE(
+        "/v1/chat/completions",
+        { ...common, messages: [{ role: "user", content: text }] },
+        (chunk) => {
+          const piece = chunk.choices?.[0]?.delta?.content || "";
+          completion += piece;
+          streamed.textContent = completion;
+        },
+        controller.signal,
+      );
+    } else {
+      await streamSSE(
+        "/v1/completions",
+        { ...common, prompt: text },
+        (chunk) => {
+          completion += chunk.choices?.[0]?.text || "";
+          streamed.textContent = completion;
+        },
+        controller.signal,
+      );
+    }
+  } catch (err) {
+    if (err.name !== "AbortError") showError(err);
+  } finally {
+    state.generating = null;
+    button.textContent = "Generate";
+    streamed.classList.remove("caret");
+  }
+  if (!completion) {
+    if (!out.querySelector(".down")) out.append(el("div", { class: "hint" }, "(the model produced no text)"));
+    return;
+  }
+  const source = promptSource(completion);
+  const ex = await explain(source, { completion_target: 0 });
+  if (ex) drawCompletion(ex, chat ? "" : text);
+}
+
+/** Replace the streamed text with clickable generated tokens. */
+function drawCompletion(ex, promptText) {
+  const out = $("gen-output");
+  const first = ex.n_prompt_tokens;
+  const chips = ex.token_strs.slice(first).map((t, i) =>
+    el(
+      "span",
+      {
+        class: `gen-token${ex.target === first + i - 1 ? " selected" : ""}`,
+        title: `generated token ${i} (position ${first + i}) — click to explain why it was produced`,
+        dataset: { index: i },
+        onclick: async () => {
+          const next = await explain(state.source, { completion_target: i });
+          if (next) drawCompletion(next, promptText);
+        },
+      },
+      t,
+    ),
+  );
+  out.replaceChildren(el("span", { class: "gen-prompt" }, promptText), ...chips);
+}
+
+// ---- start-up -----------------------------------------------------------------------------------
+async function loadModels() {
+  const selectBox = $("model-select");
+  try {
+    const list = await getJSON("/v1/models");
+    const previous = selectBox.value;
+    selectBox.replaceChildren(...list.data.map((m) => el("option", { value: m.id }, m.id)));
+    if (previous && list.data.some((m) => m.id === previous)) selectBox.value = previous;
+  } catch (err) {
+    showError(err);
+  }
+}
+
+async function pollHealth() {
+  const pill = $("status");
+  try {
+    const response = await fetch("/health");
+    const body = await response.json();
+    if (response.ok) {
+      pill.className = "status status-ok";
+      pill.textContent = "ready";
+      return;
+    }
+    pill.className = body.status === "error" ? "status status-error" : "status status-loading";
+    pill.textContent = body.status === "error" ? "model failed to load" : "loading model…";
+    if (body.status === "error") {
+      pill.title = body.error;
+      return;
+    }
+  } catch {
+    pill.className = "status status-error";
+    pill.textContent = "offline";
+  }
+  setTimeout(pollHealth, 1500);
+}
+
+function init() {
+  $("examples").replaceChildren(
+    ...EXAMPLES.map((text) =>
+      el(
+        "button",
+        {
+          type: "button",
+          class: "example",
+          title: text,
+          onclick: () => {
+            $("prompt").value = text;
+            explain(promptSource());
+          },
+        },
+        text.replace(/\n/g, " ↵ "),
+      ),
+    ),
+  );
+  $("prompt").value = EXAMPLES[0];
+  $("explain-btn").addEventListener("click", () => explain(promptSource()));
+  $("prompt").addEventListener("keydown", (evt) => {
+    if (evt.key === "Enter" && (evt.ctrlKey || evt.metaKey)) explain(promptSource());
+  });
+  $("tau").addEventListener("input", onTau);
+  $("renormalise").addEventListener("change", () => state.ex && refetchRoutes());
+  $("norm").addEventListener("change", () => state.source && explain({ ...state.source, norm: $("norm").value }, { target: state.ex.target }));
+  $("generate-btn").addEventListener("click", generate);
+  $("error-close").addEventListener("click", clearError);
+  for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
+  const zoomTo = (zoom) => {
+    state.zoom = Math.max(0.3, Math.min(4, zoom));
+    if (state.ex) drawGraph();
+  };
+  $("zoom-in").addEventListener("click", () => zoomTo(state.zoom * 1.25));
+  $("zoom-out").addEventListener("click", () => zoomTo(state.zoom / 1.25));
+  $("zoom-fit").addEventListener("click", () => zoomTo(1));
+  const key = $("api-key");
+  key.value = localStorage.getItem("lmscope.apiKey") || "";
+  key.addEventListener("change", () => {
+    localStorage.setItem("lmscope.apiKey", key.value.trim());
+    loadModels();
+  });
+  $("tau-value").textContent = tau().toFixed(3);
+  window.addEventListener("resize", debounce(() => state.ex && drawGraph(), 200));
+  pollHealth();
+  loadModels();
+}
+
+init();

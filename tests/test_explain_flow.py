@@ -1,0 +1,324 @@
+"""Faithfulness of the contributions and the route graph, on tiny random models of every family."""
+
+from __future__ import annotations
+
+import json
+
+import networkx as nx
+import pytest
+import torch
+
+from lmscope.explain import (
+    TraceView,
+    attention_decomposition,
+    compute_flow,
+    mlp_decomposition,
+    neuron_decomposition,
+    record,
+)
+from lmscope.explain.errors import TargetOutOfRangeError, ThresholdError
+from lmscope.explain.export import write_graphml, write_json
+from lmscope.explain.flow import head_proximities
+from lmscope.explain.routes import node_id, resid_pre_id
+from test_explain_support import FAMILIES, tiny_model, tokens
+
+T = 9
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def setup(request):  # type: ignore[no-untyped-def]
+    model = tiny_model(request.param)
+    trace = record(model, tokens(T))
+    return request.param, model, trace, TraceView(model, trace)
+
+
+# ---- identities: every decomposition sums to its whole -------------------------------------
+def test_decompositions_sum_to_the_whole(setup) -> None:  # type: ignore[no-untyped-def]
+    family, model, _, view = setup
+    for layer in range(model.cfg.n_layers):
+        for i in range(T):
+            for dec in (
+                attention_decomposition(view, layer, i),
+                mlp_decomposition(view, layer, i),
+                neuron_decomposition(view, layer, i),
+            ):
+                assert dec.sum_error() < 1e-5, (family, layer, i, dec.labels[-1])
+
+
+def test_trace_stream_identities(setup) -> None:  # type: ignore[no-untyped-def]
+    """resid_post = resid_mid + mlp_out for sequential and parallel blocks alike, and the
+    parallel MLP reads resid_pre (stated decomposition)."""
+    _, model, _, view = setup
+    for layer in range(model.cfg.n_layers):
+        torch.testing.assert_close(
+            view.resid_mid(layer) + view.mlp_out(layer), view.resid_post(layer), atol=1e-5, rtol=0
+        )
+    if model.cfg.parallel_attn_mlp:
+        block = model.blocks[0]
+        with torch.no_grad():
+            expect = block.mlp(block.ln2(view.resid_pre(0)[None]), None)[0]
+        torch.testing.assert_close(expect, view.mlp_out(0), atol=1e-5, rtol=0)
+
+
+def test_gqa_parts_use_the_shared_kv_head() -> None:
+    """GQA: query head h's part from source j is A^h_ij (v_{j, h // group} @ W_O^h)."""
+    model = tiny_model("llama_gqa")
+    full = model.run_with_trace(tokens(T)[None])  # default trace keeps hook_result
+    view = TraceView(model, full)
+    layer, group = 1, model.cfg.n_heads // model.cfg.kv_heads
+    dec = attention_decomposition(view, layer, T - 1)
+    parts = dec.parts[:-1].view(T, model.cfg.n_heads, -1)  # [source, head, D]
+    torch.testing.assert_close(parts.sum(0), view.get(f"blocks.{layer}.attn.hook_result")[T - 1])
+    w = model.blocks[layer].attn.out.weight  # [D, H*d]
+    d = model.cfg.head_dim
+    v = view.get(f"blocks.{layer}.attn.hook_v")
+    pattern = view.pattern(layer)
+    h, j = 3, 2
+    expect = pattern[h, T - 1, j] * (v[j, h // group] @ w[:, h * d : (h + 1) * d].t())
+    torch.testing.assert_close(parts[j, h], expect.detach(), atol=1e-6, rtol=0)
+
+
+# ---- the fast proximities agree with an independent brute force -----------------------------
+def _brute_force(model, trace, norm: str):  # type: ignore[no-untyped-def]
+    """Importances by looping over every part (float64, no vectorisation over parts), read from
+    raw hooks and raw weights (not through TraceView or decompose)."""
+    cfg = model.cfg
+    acts = {k: v[0].double() for k, v in trace.activations.items()}
+    p = 1 if norm == "l1" else 2
+    group, d = cfg.n_heads // cfg.kv_heads, cfg.head_dim
+
+    def dist(a: torch.Tensor) -> float:
+        return float(torch.linalg.vector_norm(a, ord=p))
+
+    out_attn = torch.zeros(cfg.n_layers, T, T, cfg.n_heads, dtype=torch.float64)
+    raw_attn = torch.zeros(cfg.n_layers, T, T, cfg.n_heads, dtype=torch.float64)
+    out_res = torch.zeros(cfg.n_layers, T, dtype=torch.float64)
+    out_mlp = torch.zeros(cfg.n_layers, T, dtype=torch.float64)
+    for layer in range(cfg.n_layers):
+        attn = model.blocks[layer].attn
+        w = attn.out.weight.detach().double()
+        b = attn.out.bias.detach().double() if attn.out.bias is not None else None
+        pre = (
+            acts["blocks.0.hook_resid_pre"]
+            if layer == 0
+            else acts[f"blocks.{layer - 1}.hook_resid_post"]
+        )
+        mid = acts[f"blocks.{layer}.hook_resid_mid"]
+        pattern = acts[f"blocks.{layer}.attn.hook_pattern"]
+        v = acts[f"blocks.{layer}.attn.hook_v"]
+        for i in range(T):
+            y = mid[i]
+            prox: dict[tuple, float] = {}
+            for j in range(i + 1):
+                for h in range(cfg.n_heads):
+                    part = pattern[h, i, j] * (v[j, h // group] @ w[:, h * d : (h + 1) * d].t())
+                    prox[("head", j, h)] = max(dist(y) - dist(y - part), 0.0)
+            prox[("res",)] = max(dist(y) - dist(y - pre[i]), 0.0)
+            if b is not None:
+                prox[("bias",)] = max(dist(y) - dist(y - b), 0.0)
+            total = sum(prox.values())
+            for key, value in prox.items():
+                if key[0] == "head":
+                    out_attn[layer, i, key[1], key[2]] = value / total
+                    raw_attn[layer, i, key[1], key[2]] = value
+            out_res[layer, i] = prox[("res",)] / total
+        mlp = model.blocks[layer].mlp
+        bo = mlp.fc_out.bias.detach().double() if mlp.fc_out.bias is not None else None
+        post = acts[f"blocks.{layer}.hook_resid_post"]
+        out = acts[f"blocks.{layer}.hook_mlp_out"]
+        for i in range(T):
+            y = post[i]
+            m = out[i] - bo if bo is not None else out[i]
+            parts = [m, mid[i]] + ([bo] if bo is not None else [])
+            prox_list = [max(dist(y) - dist(y - q), 0.0) for q in parts]
+            out_mlp[layer, i] = prox_list[0] / sum(prox_list)
+    return out_attn, out_res, out_mlp, raw_attn
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+def test_fast_proximities_match_brute_force(setup, norm: str) -> None:  # type: ignore[no-untyped-def]
+    _, model, trace, view = setup
+    flow = compute_flow(model, view, norm=norm)
+    attn, res, mlp, raw = _brute_force(model, trace, norm)
+    for layer in range(model.cfg.n_layers):  # raw proximities, relative to the whole's norm
+        fast = head_proximities(
+            view.resid_mid(layer), view.pattern(layer), view.head_vectors(layer), norm
+        )
+        scale = float(torch.linalg.vector_norm(view.resid_mid(layer), ord=1, dim=-1).max())
+        assert (fast.double() - raw[layer]).abs().max() < 1e-6 * max(1.0, scale)
+    assert (flow.attn_heads.double() - attn).abs().max() < 1e-6
+    assert (flow.attn_resid.double() - res).abs().max() < 1e-6
+    assert (flow.mlp.double() - mlp).abs().max() < 1e-6
+
+
+def test_l1_kernel_coordinate_split_is_exact() -> None:
+    """The fast L1 kernel (linear on coordinates no part can flip, elementwise elsewhere) equals
+    the direct sum over every coordinate, with both of its branches exercised."""
+    from lmscope.explain.flow import (
+        _head_proximities_l1,
+        _head_proximities_l1_direct,
+        _small_coordinates,
+    )
+
+    g = torch.Generator().manual_seed(3)
+    n, heads, d = 12, 3, 64
+    y = torch.randn(n, d, generator=g)
+    y[0, 5] = 0.0  # an exact zero coordinate
+    u = torch.randn(n, heads, d, generator=g) * torch.logspace(-2, 1, n)[:, None, None]
+    scores = torch.randn(heads, n, n, generator=g) * 3
+    pattern = scores.masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf")).softmax(-1)
+    w = pattern.permute(1, 2, 0).contiguous()
+    ref = _head_proximities_l1_direct(y.double(), w.double(), u.double())
+    for budget in (1, 300, 1 << 20):
+        fast = _head_proximities_l1(y, w, u, chunk_elements=budget)
+        assert (fast.double() - ref).abs().max() < 1e-5 * ref.abs().max()
+    sorted_abs = y.abs().sort(-1).values
+    reach = w * u.abs().amax(-1)
+    k = _small_coordinates(sorted_abs, reach, d)
+    big = reach > sorted_abs[:, k, None, None]
+    assert big.any() and (~big & (w > 0)).any()
+
+
+def test_shares_sum_to_one_and_chunking_changes_nothing(setup) -> None:  # type: ignore[no-untyped-def]
+    _, model, _, view = setup
+    flow = compute_flow(model, view)
+    attn_total = flow.attn_heads.sum((2, 3)) + flow.attn_resid + flow.attn_bias
+    torch.testing.assert_close(attn_total, torch.ones_like(attn_total))
+    torch.testing.assert_close(flow.mlp + flow.mlp_resid + flow.mlp_bias, torch.ones_like(flow.mlp))
+    assert (flow.attn_heads[:, torch.ones(T, T).triu(1).bool()] == 0).all()  # no future sources
+    tiny_chunks = compute_flow(model, view, chunk_elements=100)
+    torch.testing.assert_close(tiny_chunks.attn_heads, flow.attn_heads, atol=1e-6, rtol=0)
+    half = compute_flow(model, view, head_dtype=torch.float16)
+    assert half.attn_heads.dtype == torch.float16
+    assert (half.attn_heads.float() - flow.attn_heads).abs().max() < 1e-3
+
+
+def test_flow_matches_the_explicit_decomposition(setup) -> None:  # type: ignore[no-untyped-def]
+    _, model, _, view = setup
+    flow = compute_flow(model, view)
+    for layer in range(model.cfg.n_layers):
+        i = T - 2
+        imp = attention_decomposition(view, layer, i).importances()
+        heads = imp[: (i + 1) * model.cfg.n_heads].view(i + 1, -1)
+        torch.testing.assert_close(heads, flow.attn_heads[layer, i, : i + 1], atol=1e-6, rtol=0)
+        imp2 = mlp_decomposition(view, layer, i).importances()
+        assert abs(float(imp2[0] - flow.mlp[layer, i])) < 1e-6
+
+
+# ---- the route graph -------------------------------------------------------------------------
+def _reference_routes(flow, targets: list[int], tau: float) -> tuple[set[str], set[tuple]]:  # type: ignore[no-untyped-def]
+    """All edges above tau in one networkx graph, then the ancestors of the targets."""
+    g = nx.MultiDiGraph()
+    n_layers = flow.n_layers
+    for layer in range(n_layers):
+        for i in range(T):
+            mid, post = node_id("resid_mid", layer, i), node_id("resid_post", layer, i)
+            mlp = node_id("mlp", layer, i)
+            for j in range(i + 1):
+                if flow.attn_edges[layer, i, j] > tau:
+                    kind = "self_attention" if i == j else "attention"
+                    g.add_edge(resid_pre_id(layer, j), mid, key=kind)
+            if flow.attn_resid[layer, i] > tau:
+                g.add_edge(resid_pre_id(layer, i), mid, key="residual")
+            if flow.mlp_resid[layer, i] > tau:
+                g.add_edge(mid, post, key="residual")
+            if flow.mlp[layer, i] > tau:
+                g.add_edge(mlp, post, key="mlp_out")
+                src = resid_pre_id(layer, i) if flow.parallel else mid
+                g.add_edge(src, mlp, key="mlp_in")
+    starts = [node_id("resid_post", n_layers - 1, t) for t in targets]
+    keep = set(starts)
+    for s in starts:
+        if s in g:
+            keep |= nx.ancestors(g, s)
+    edges = {(u, v, k) for u, v, k in g.edges(keys=True) if u in keep and v in keep}
+    return keep, edges
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.02, 0.05, 0.2])
+def test_routes_are_the_reachable_subgraph(setup, tau: float) -> None:  # type: ignore[no-untyped-def]
+    _, model, _, view = setup
+    flow = compute_flow(model, view)
+    for targets in ([T - 1], [3], [1, 5], None):
+        wanted = list(range(T)) if targets is None else targets
+        routes = flow.routes(targets, tau)
+        nodes, edges = _reference_routes(flow, wanted, tau)
+        assert routes.node_ids() == nodes
+        assert {(e.source, e.target, e.kind) for e in routes.edges} == edges
+        assert all(e.weight > tau for e in routes.edges)
+
+
+def test_route_edges_keep_residual_and_self_attention_apart(setup) -> None:  # type: ignore[no-untyped-def]
+    _, model, _, view = setup
+    flow = compute_flow(model, view)
+    routes = flow.routes(None, 0.0)
+    g = routes.to_networkx()
+    pre, mid = resid_pre_id(1, 4), node_id("resid_mid", 1, 4)
+    assert set(g[pre][mid]) == {"residual", "self_attention"}
+    self_edge = routes.edge(pre, mid, "self_attention")
+    assert self_edge is not None and self_edge.heads is not None
+    assert len(self_edge.heads) == model.cfg.n_heads
+    assert abs(sum(self_edge.heads) - self_edge.weight) < 1e-5
+    assert abs(self_edge.weight - float(flow.attn_edges[1, 4, 4])) < 1e-6
+
+
+def test_renormalised_mode_keeps_edges_and_rescales_weights(setup) -> None:  # type: ignore[no-untyped-def]
+    _, model, _, view = setup
+    flow = compute_flow(model, view)
+    for tau in (0.0, 0.03, 0.1):
+        raw = flow.routes(None, tau)
+        ren = flow.routes(None, tau, renormalise=True)
+        assert {(e.source, e.target, e.kind) for e in raw.edges} == {
+            (e.source, e.target, e.kind) for e in ren.edges
+        }
+        for e in raw.edges:
+            assert e.weight == e.raw
+        kept: dict[str, list] = {}
+        for e in ren.edges:
+            if e.kind != "mlp_in":  # mlp_in repeats the MLP's weight in resid_post
+                kept.setdefault(e.target, []).append(e)
+        for node in ren.nodes:
+            if node.id not in kept or node.kind == "mlp":
+                continue
+            edges = kept[node.id]
+            scale = edges[0].weight / edges[0].raw
+            assert all(abs(e.weight - e.raw * scale) < 1e-6 for e in edges)
+            bias = flow.attn_bias if node.kind == "resid_mid" else flow.mlp_bias
+            b = float(bias[node.layer, node.position])
+            kept_bias = b if b > tau else 0.0
+            # the kept edges plus the kept bias, rescaled, sum to one
+            assert abs(sum(e.weight for e in edges) + kept_bias * scale - 1.0) < 1e-5
+
+
+def test_route_errors() -> None:
+    model = tiny_model("gpt2")
+    flow = compute_flow(model, record(model, tokens(T)))
+    with pytest.raises(TargetOutOfRangeError, match="out of range"):
+        flow.routes(T)
+    with pytest.raises(TargetOutOfRangeError):
+        flow.routes(-T - 1)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ThresholdError, match=r"\[0, 1\]"):
+            flow.routes(-1, bad)
+    assert isinstance(ThresholdError("x"), ValueError)
+    assert flow.routes(-1, 1.0).edges == []
+
+
+def test_json_and_graphml_export(setup, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _, model, _, view = setup
+    flow = compute_flow(model, view, token_strs=[f"t{i}" for i in range(T)])
+    routes = flow.routes(-1, 0.01)
+    data = json.loads(write_json(routes, tmp_path / "g.json").read_text())
+    g = nx.node_link_graph(data, edges="links")
+    assert g.is_multigraph() and g.is_directed()
+    assert g.number_of_nodes() == len(routes.nodes)
+    assert g.number_of_edges() == len(routes.edges)
+    assert data["graph"]["tau"] == 0.01
+    node = data["nodes"][0]
+    assert {"id", "kind", "layer", "position", "token", "hook"} <= set(node)
+    gm = nx.read_graphml(write_graphml(routes, tmp_path / "g.graphml"))
+    assert gm.number_of_nodes() == len(routes.nodes)
+    assert gm.number_of_edges() == len(routes.edges)
+    attn = [d for _, _, d in gm.edges(data=True) if d["kind"] in ("attention", "self_attention")]
+    if attn:
+        assert len(attn[0]["heads"].split(",")) == model.cfg.n_heads
