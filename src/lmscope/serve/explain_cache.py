@@ -9,7 +9,6 @@ used first, by count and by the bytes their tensors hold.
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,18 +19,10 @@ from lmscope.explain import (
     Explanation,
     FlowGraph,
     TraceView,
-    attention_rollout,
     compute_flow,
-    gradient_x_input,
-    head_importance,
-    lens_table,
+    explain_view,
     record,
-    top_heads,
-    top_neurons,
-    trajectory,
 )
-from lmscope.explain.errors import check_position, check_tau
-from lmscope.explain.lens import TokenScore, promotions_at
 from lmscope.model.transformer import Transformer
 
 CacheKey = tuple[str, tuple[int, ...]]
@@ -153,65 +144,22 @@ def explain_traced(
     decode: Callable[[int], str],
     prompt: str | None = None,
 ) -> Explanation:
-    """What `lmscope.explain.explain` returns, built from a cached trace and flow.
-
-    `explain()` always traces afresh; this mirrors its assembly step by step so that every
-    click in the explorer reuses the trace (tests check that both give the same JSON).
-    saliency_token: the token gradient x input explains (default: the top prediction), e.g. the
-    token a completion actually produced.
-    """
-    tau = check_tau(tau)
-    view = entry.view
-    model = view.model
-    ids = entry.tokens
-    target = check_position(target, len(ids))
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    flow = entry.flow(norm)
-    timings["flow"] = time.perf_counter() - clock
-    routes = flow.routes(target, tau, renormalise=renormalise)
-
-    logits = view.trace.logits[0, target].float().cpu()
-    probs = torch.softmax(logits.double(), -1).float()
-    top_v, top_i = logits.topk(min(k, logits.numel()))
-    prediction = [
-        TokenScore(int(t), decode(int(t)), float(v), float(probs[t]), r)
-        for r, (v, t) in enumerate(zip(top_v, top_i, strict=True))
-    ]
-    lens = lens_table(model, view, target, k=k, decode=decode)
-    traj = trajectory(model, view, target, decode=decode)
-    heads = top_heads(flow, target, k)
-    neurons = [top_neurons(view, layer, target, k=5, norm=norm) for layer in range(view.n_layers)]
-    head_ids = [(int(a), int(b)) for a, b in (lab[1:].split("H") for lab, _ in heads[:5])]
-    promotions = promotions_at(model, view, target, head_ids, 5, decode)
-    attributions = [attention_rollout(view, target)]
-    if saliency:
-        token = prediction[0].token if saliency_token is None else saliency_token
-        attributions.insert(0, gradient_x_input(model, ids, target, token))
-    timings["total"] = time.perf_counter() - clock
-    return Explanation(
-        model=entry.model_id,
-        tokens=list(ids),
-        token_strs=list(entry.token_strs),
+    """What `lmscope.explain.explain` returns, built from a cached trace and its cached flow,
+    so every click in the explorer reuses the trace. saliency_token: the token gradient x input
+    explains (default: the top prediction), e.g. the token a completion actually produced."""
+    explanation = explain_view(
+        entry.view,
+        entry.flow(norm),
         target=target,
         tau=tau,
         renormalise=renormalise,
         norm=norm,
-        n_layers=view.n_layers,
-        n_heads=view.n_heads,
-        prediction=prediction,
-        routes=routes,
-        lens=lens,
-        trajectory=traj,
-        top_heads=heads,
-        head_importance=head_importance(flow, target).tolist(),
-        neurons=neurons,
-        promotions=promotions,
-        saliency=attributions,
+        k=k,
+        saliency=saliency,
+        saliency_token=saliency_token,
+        decode=decode,
         prompt=prompt,
-        flow=flow,
-        view=view,
-        model_ref=model,
-        decoder=decode,
-        timings=timings,
+        name=entry.model_id,
     )
+    explanation.token_strs = list(entry.token_strs)
+    return explanation
