@@ -279,24 +279,36 @@ def test_api_key_and_full_queue(tiny_checkpoint: Path) -> None:
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
 
 
-def test_disconnected_stream_is_cancelled(server: str) -> None:
-    payload = {
-        "model": "tiny",
-        "prompt": "The",
-        "max_tokens": 100,
-        "temperature": 0,
-        "stream": True,
-    }
-    with httpx.stream("POST", server + "/v1/completions", json=payload, timeout=60) as response:
-        for _ in response.iter_lines():
-            break  # read one line, then hang up
+def test_disconnected_stream_is_cancelled(tmp_path: Path) -> None:
+    """A client that hangs up mid-stream stops its generation (finish reason `abort`).
+
+    The request asks for far more tokens than can be generated before the hang-up is noticed,
+    so it cannot finish on its own first.
+    """
     import time
 
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        metrics = httpx.get(server + "/metrics").text
-        if 'lmscope:request_success_total{finished_reason="abort",model_name="tiny"}' in metrics:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("the abandoned request was not aborted")
+    from conftest import build_tiny_tokenizer
+    from lmscope.model.config import ModelConfig
+    from lmscope.model.transformer import Transformer
+    from lmscope.zoo.checkpoint import save_checkpoint
+
+    tokenizer = build_tiny_tokenizer()
+    cfg = ModelConfig(vocab_size=len(tokenizer), d_model=64, n_layers=2, n_heads=4, n_ctx=2048)
+    save_checkpoint(Transformer(cfg).eval(), tmp_path / "long", tokenizer=tokenizer)
+    settings = ServeSettings(models=[ModelSpec("long", str(tmp_path / "long"))], max_seq_len=2048)
+    with running_server(settings) as base:
+        payload = {"prompt": "The", "max_tokens": 2000, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", base + "/v1/completions", json=payload, timeout=60) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    break  # one chunk, then hang up
+        aborted = 'lmscope:request_success_total{finished_reason="abort",model_name="long"} 1.0'
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            metrics = httpx.get(base + "/metrics").text
+            if aborted in metrics:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the abandoned request was not aborted")
+        assert 'finished_reason="length",model_name="long"' not in metrics
