@@ -247,6 +247,20 @@ def bench_shakespeare(args: argparse.Namespace) -> None:
             "eval history:",
             [(e["step"], round(e["val_loss"], 3)) for e in record["metrics"]["eval"]],
         )
+        print_samples(Path(tmp) / "run" / "model")
+
+
+def print_samples(model_dir: Path) -> None:
+    """A few seeded samples from the trained model, so the figure comes with text."""
+    from lmscope.model.generate import generate
+    from lmscope.zoo.registry import load
+
+    loaded = load(str(model_dir))
+    for prompt in ("ROMEO:", "First Citizen:\nWe are", "KING HENRY:\nWhat"):
+        result = generate(
+            loaded.model, loaded.tokenizer, prompt, max_new_tokens=60, temperature=0.8, seed=0
+        )
+        print(f"--- sample ({prompt!r}, temperature 0.8, seed 0)\n{prompt}{result.text}")
 
 
 # ---- LoRA on smollm2-135m ------------------------------------------------------------------------
