@@ -74,6 +74,7 @@ class SlotKVCache:
         self.slots = slots
         self.max_len = max_len
         self.n_active = 0
+        self._span = 0  # keys visible in the current decoding step (set by begin_decode)
 
     @property
     def free(self) -> int:
@@ -112,16 +113,17 @@ class SlotKVCache:
         return moved
 
     # ---- what the model calls while decoding ----------------------------------------------
-    def decode_positions(self) -> torch.Tensor:
-        """Positions [n, 1] of the next token of every active row."""
-        return self.lengths[: self.n_active, None]
-
-    def decode_mask(self) -> torch.Tensor:
-        """[n, 1, 1, S]: each row sees its own cached keys and the new one."""
+    def begin_decode(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions [n, 1] of every active row's next token and the mask [n, 1, 1, S] that lets
+        each row see its own cached keys and the new one. Called once per step, before the
+        layers, so the span S is computed once rather than in every layer."""
         lengths = self.lengths[: self.n_active]
-        span = int(lengths.max()) + 1
-        keys = torch.arange(span, device=lengths.device)
-        return (keys[None, :] <= lengths[:, None])[:, None, None, :]
+        self._span = int(lengths.max()) + 1
+        if self._span > self.max_len:
+            raise ValueError(f"KV cache full: capacity {self.max_len}")
+        keys = torch.arange(self._span, device=lengths.device)
+        mask = (keys[None, :] <= lengths[:, None])[:, None, None, :]
+        return lengths[:, None], mask
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
@@ -129,13 +131,10 @@ class SlotKVCache:
         """Write one new key/value per active row [n, K, 1, d] at that row's length."""
         n = self.n_active
         lengths = self.lengths[:n]
-        if int(lengths.max()) + 1 > self.max_len:
-            raise ValueError(f"KV cache full: capacity {self.max_len}")
         rows = torch.arange(n, device=lengths.device)
         self.keys[layer, rows, :, lengths] = k[:, :, 0]
         self.values[layer, rows, :, lengths] = v[:, :, 0]
-        span = int(lengths.max()) + 1
-        return self.keys[layer, :n, :, :span], self.values[layer, :n, :, :span]
+        return self.keys[layer, :n, :, : self._span], self.values[layer, :n, :, : self._span]
 
     def advance(self, n: int) -> None:
         self.lengths[: self.n_active] += n

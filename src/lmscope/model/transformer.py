@@ -78,13 +78,6 @@ class Attention(nn.Module):
     def b_O(self) -> torch.Tensor | None:
         return self.out.bias
 
-    def split_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [b, T, D] -> q [b, H, T, d], k and v [b, K, T, d]."""
-        b, t, _ = x.shape
-        packed = self.qkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.d_head)
-        q, k, v = packed.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -311,10 +304,10 @@ class Transformer(nn.Module):
         )
 
     # ---- shared pieces ----------------------------------------------------------------------
-    def _check_length(self, positions: torch.Tensor) -> None:
-        if positions.numel() and int(positions.max()) >= self.cfg.n_ctx:
+    def _check_length(self, length: int) -> None:
+        if length > self.cfg.n_ctx:
             raise ValueError(
-                f"sequence of {int(positions.max()) + 1} positions exceeds the model's context "
+                f"sequence of {length} positions exceeds the model's context "
                 f"window of {self.cfg.n_ctx} tokens; shorten the prompt or truncate it"
             )
 
@@ -337,9 +330,11 @@ class Transformer(nn.Module):
                 tokens = tokens[None]
             input_embeds = self.embed(tokens)
         b, t, _ = input_embeds.shape
-        if positions is None:
+        if positions is None:  # the common case: the length is known without a reduction
+            self._check_length(past + t)
             positions = torch.arange(past, past + t, device=input_embeds.device).expand(b, t)
-        self._check_length(positions)
+        elif positions.numel():
+            self._check_length(int(positions.max()) + 1)
         x = input_embeds
         if rec is not None:
             rec("hook_embed", x)
@@ -420,8 +415,8 @@ class Transformer(nn.Module):
         """One decoding step for every active row of a SlotKVCache: tokens [n, 1] -> [n, 1, V]."""
         if tokens is None or tokens.shape != (cache.n_active, 1):
             raise ValueError(f"slot decoding takes tokens of shape ({cache.n_active}, 1)")
-        x, positions = self._inputs(tokens, None, cache.decode_positions(), 0, None)
-        mask = cache.decode_mask()
+        positions, mask = cache.begin_decode()
+        x, positions = self._inputs(tokens, None, positions, 0, None)
         rope = self._rope(positions, x.dtype)
         for block in self.blocks:
             x = block(x, rope, mask, cache, None)
