@@ -21,6 +21,7 @@ import torch
 from lmscope.explain.errors import ExplainInputError, check_position, check_tokens
 from lmscope.explain.results import JsonResult
 from lmscope.explain.trace import TraceView, to_tokens
+from lmscope.model.modes import eval_mode
 from lmscope.model.transformer import Transformer
 
 Score = Literal["logit", "logprob"]
@@ -103,9 +104,7 @@ def gradient_x_input(
     t, position = _setup(model, tokens, position)
     _check_token(model, target, "target")
     _check_token(model, foil, "foil")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if target is None:
             target = _default_target(model, t)
         with torch.enable_grad():
@@ -113,8 +112,6 @@ def gradient_x_input(
             value = _forward_scores(model, embeds, target, foil, score)
             (grad,) = torch.autograd.grad(value.sum(), embeds)
         attr = (grad * embeds.detach())[0].sum(-1)
-    finally:
-        model.train(was_training)
     return Attribution(
         "gradient_x_input",
         position,
@@ -149,9 +146,7 @@ def integrated_gradients(
     t, position = _setup(model, tokens, position)
     _check_token(model, target, "target")
     _check_token(model, foil, "foil")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if target is None:
             target = _default_target(model, t)
         x = model.embed_tokens(t).detach()  # [1, T, D]
@@ -174,8 +169,6 @@ def integrated_gradients(
         attr = (delta_x[0] * total_grad / n_steps).sum(-1)
         with torch.no_grad():
             ends = _forward_scores(model, torch.cat([x, x0]), target, foil, score)
-    finally:
-        model.train(was_training)
     gap = float(ends[0] - ends[1])
     return Attribution(
         "integrated_gradients",

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from lmscope.explain.errors import check_tokens
+from lmscope.model.modes import eval_mode
 from lmscope.model.trace import Trace
 from lmscope.model.transformer import Block, Transformer
 
@@ -64,12 +65,8 @@ def record(
     """
     t = to_tokens(tokens).to(model.device)
     check_tokens(t.shape[1], model.cfg.n_ctx)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return model.run_with_trace(t, names=keeps(neurons))
-    finally:
-        model.train(was_training)
 
 
 class TraceView:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 
 from lmscope.data.tokenizer import TextTokenizer
+from lmscope.model.modes import eval_mode
+from lmscope.model.sampling import SamplingParams, next_token
 from lmscope.model.transformer import Transformer
 
 
@@ -23,9 +25,7 @@ def sample(
     seed: int,
 ) -> str:
     """Continue `prompt`; returns only the new text. Stops at the end token."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         device = model.device
         ids = tokenizer.encode(prompt)
         if not ids:
@@ -35,24 +35,15 @@ def sample(
         budget = min(max_new_tokens, max(n_ctx - 1, 1))
         ids = ids[-(n_ctx - budget) :]
         generator = torch.Generator(device=device).manual_seed(seed)
+        params = SamplingParams(temperature=temperature, top_k=top_k or 0, seed=seed)
         cache = model.new_cache(1, len(ids) + budget)
         tokens = torch.tensor([ids], device=device)
         out: list[int] = []
         for _ in range(budget):
-            logits = model(tokens, cache=cache, last_only=True)[0, -1].float()
-            if temperature == 0:
-                next_id = int(logits.argmax())
-            else:
-                logits = logits / temperature
-                if top_k is not None and top_k < logits.numel():
-                    cutoff = torch.topk(logits, top_k).values[-1]
-                    logits = logits.masked_fill(logits < cutoff, float("-inf"))
-                probs = torch.softmax(logits, dim=-1)
-                next_id = int(torch.multinomial(probs, 1, generator=generator))
+            logits = model(tokens, cache=cache, last_only=True)[0, -1]
+            next_id = next_token(logits, params, generator)
             if next_id == tokenizer.eos_id:
                 break
             out.append(next_id)
             tokens = torch.tensor([[next_id]], device=device)
         return tokenizer.decode(out, skip_special_tokens=True)
-    finally:
-        model.train(was_training)

@@ -35,6 +35,7 @@ from lmscope.data.errors import DataError
 from lmscope.data.manifest import read_manifest
 from lmscope.data.tokenizer import TextTokenizer
 from lmscope.model.files import atomic_write_text
+from lmscope.model.modes import eval_mode
 from lmscope.model.transformer import Transformer
 from lmscope.train import distributed as dist
 from lmscope.train import state as st
@@ -312,16 +313,12 @@ class Trainer:
         if max_batches is not None:  # in global batches, so the rows do not depend on the
             rows = rows[: max_batches * self.global_batch]  # split into processes/micro-batches
         share = np.array_split(rows, self.dist.world_size)[self.dist.rank]
-        was_training = self.core.training
-        self.core.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        try:
+        with eval_mode(self.core):
             for begin in range(0, len(share), c.train.batch_size):
                 chunk = share[begin : begin + c.train.batch_size]
                 total[0] += self._loss_sum(self.core, split, chunk).double()
                 total[1] += split.target_count(chunk)
-        finally:
-            self.core.train(was_training)
         total = dist.all_reduce_sum(total, self.dist)
         return float(total[0] / total[1]) if total[1] > 0 else math.nan
 
