@@ -118,7 +118,11 @@ async def _run(
             429, f"server busy: {err}; retry later", headers={"Retry-After": "1"}
         ) from None
     except ContextLengthError as err:
-        raise APIError(400, str(err), param="max_tokens", code="context_length_exceeded") from None
+        raise _context_length_error(err) from None
+
+
+def _context_length_error(err: ContextLengthError) -> APIError:
+    return APIError(400, str(err), param="max_tokens", code="context_length_exceeded")
 
 
 def _token_text(served: ServedModel, token_id: int) -> str:
@@ -152,6 +156,28 @@ async def _unless_disconnected(request: Request, work: Any) -> Any:
         raise APIError(499, "client closed the request") from None
     finally:
         watcher.cancel()
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+def _usage_chunk(
+    rid: str, created: int, model: str, kind: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    """The last streamed chunk when `stream_options.include_usage` is set: no choices."""
+    return {
+        "id": rid,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": _usage(prompt_tokens, completion_tokens).model_dump(),
+    }
 
 
 def _sse(payload: Any) -> str:
@@ -194,10 +220,9 @@ def _completion_logprobs(
     served: ServedModel,
     scored: list[TokenLogprob | None],
     prompt_ids: list[int] | None,
-    start_offset: int,
 ) -> CompletionLogprobs:
     out = CompletionLogprobs(top_logprobs=[])
-    offset = start_offset
+    offset = 0
     items: list[tuple[int, TokenLogprob | None]] = []
     if prompt_ids is not None:
         items = list(zip(prompt_ids, scored[: len(prompt_ids)], strict=True))
@@ -254,9 +279,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             all_scores: list[TokenLogprob | None] = list(scored)
             if body.echo:
                 all_scores = list(prompt_scores or [None] * len(prompt)) + all_scores
-            logprobs = _completion_logprobs(
-                served, list(all_scores), prompt if body.echo else None, 0
-            )
+            logprobs = _completion_logprobs(served, all_scores, prompt if body.echo else None)
         choice_obj = CompletionChoice(
             index=choice, text=prompt_text + "".join(text), logprobs=logprobs, finish_reason=reason
         )
@@ -319,18 +342,9 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
                     task.cancel()
                 _note(request, served, totals[0], totals[1])
             if include_usage:
-                yield {
-                    "id": response_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": served.id,
-                    "choices": [],
-                    "usage": Usage(
-                        prompt_tokens=totals[0],
-                        completion_tokens=totals[1],
-                        total_tokens=sum(totals),
-                    ).model_dump(),
-                }
+                yield _usage_chunk(
+                    response_id, created, served.id, "text_completion", totals[0], totals[1]
+                )
 
         return _streaming(await _first_then_rest(chunks()), served)
 
@@ -343,11 +357,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         created=created,
         model=served.id,
         choices=[r[0] for r in results],
-        usage=Usage(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        ),
+        usage=_usage(prompt_tokens, completion_tokens),
     )
 
 
@@ -459,25 +469,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             finally:
                 _note(request, served, len(prompt), completion_tokens)
             if include_usage:
-                yield {
-                    "id": response_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": served.id,
-                    "choices": [],
-                    "usage": Usage(
-                        prompt_tokens=len(prompt),
-                        completion_tokens=completion_tokens,
-                        total_tokens=len(prompt) + completion_tokens,
-                    ).model_dump(),
-                }
+                yield _usage_chunk(
+                    response_id,
+                    created,
+                    served.id,
+                    "chat.completion.chunk",
+                    len(prompt),
+                    completion_tokens,
+                )
 
         try:
             served.engine.check_fits(len(prompt), max_tokens)
         except ContextLengthError as err:
-            raise APIError(
-                400, str(err), param="max_tokens", code="context_length_exceeded"
-            ) from None
+            raise _context_length_error(err) from None
         return _streaming(chunks(), served)
 
     async def one(choice: int) -> tuple[ChatChoice, int]:
@@ -507,11 +511,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         created=created,
         model=served.id,
         choices=[r[0] for r in results],
-        usage=Usage(
-            prompt_tokens=len(prompt),
-            completion_tokens=completion_tokens,
-            total_tokens=len(prompt) + completion_tokens,
-        ),
+        usage=_usage(len(prompt), completion_tokens),
     )
 
 
