@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import math
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -268,10 +267,3 @@ class Engine:
         for row in range(len(self._rows) - 1, -1, -1):
             if self._rows[row].cancelled:
                 self._retire(row, "abort")
-
-
-def safe_float(value: float) -> float | None:
-    """JSON cannot carry -inf; OpenAI clients expect a very negative number instead."""
-    if math.isfinite(value):
-        return value
-    return -9999.0 if value < 0 else None

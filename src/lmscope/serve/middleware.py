@@ -141,9 +141,8 @@ class AccessLog:
                 "latency_ms": round((time.perf_counter() - start) * 1000, 2),
                 **state.get("log", {}),
             }
-            route = scope.get("path", "")
             self.metrics.requests.labels(
-                route=route if route in KNOWN_ROUTES else "other", status=str(status)
+                route=route_label(scope.get("path", "")), status=str(status)
             ).inc()
             access_log.info(json.dumps(record))
 
@@ -156,3 +155,11 @@ KNOWN_ROUTES = {
     "/metrics",
     "/",
 }
+
+
+def route_label(path: str) -> str:
+    """A bounded set of metric labels: known routes by name, explain endpoints by name, else
+    `other` (so arbitrary paths cannot grow the metric's cardinality)."""
+    if path in KNOWN_ROUTES or (path.startswith("/v1/explain") and path.count("/") <= 3):
+        return path
+    return "other"

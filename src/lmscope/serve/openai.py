@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from lmscope.model.generate import TokenLogprob
 from lmscope.model.sampling import GenerationError, SamplingParams
-from lmscope.serve.engine import ContextLengthError, Event, QueueFullError, safe_float
+from lmscope.serve.engine import ContextLengthError, Event, QueueFullError
 from lmscope.serve.errors import APIError, error_payload
 from lmscope.serve.schemas import (
     AssistantMessage,
@@ -125,6 +126,11 @@ def _context_length_error(err: ContextLengthError) -> APIError:
     return APIError(400, str(err), param="max_tokens", code="context_length_exceeded")
 
 
+def json_logprob(value: float) -> float:
+    """JSON cannot carry -inf (a token the model rules out); OpenAI clients expect -9999."""
+    return value if math.isfinite(value) else -9999.0
+
+
 def _token_text(served: ServedModel, token_id: int) -> str:
     return str(served.tokenizer.decode([token_id]))
 
@@ -234,13 +240,11 @@ def _completion_logprobs(
         out.tokens.append(text)
         out.text_offset.append(offset)
         offset += len(text)
-        out.token_logprobs.append(None if score is None else safe_float(score.logprob))
+        out.token_logprobs.append(None if score is None else json_logprob(score.logprob))
         if score is None:
             out.top_logprobs.append(None)
         else:
-            out.top_logprobs.append(
-                {alt.token: safe_float(alt.logprob) or 0.0 for alt in score.top}
-            )
+            out.top_logprobs.append({alt.token: json_logprob(alt.logprob) for alt in score.top})
     return out
 
 
@@ -403,12 +407,12 @@ def _chat_logprobs(served: ServedModel, scored: list[TokenLogprob]) -> ChatLogpr
         content.append(
             ChatTokenLogprob(
                 token=score.token,
-                logprob=safe_float(score.logprob) or 0.0,
+                logprob=json_logprob(score.logprob),
                 bytes=list(score.token.encode()),
                 top_logprobs=[
                     TopLogprob(
                         token=alt.token,
-                        logprob=safe_float(alt.logprob) or 0.0,
+                        logprob=json_logprob(alt.logprob),
                         bytes=list(alt.token.encode()),
                     )
                     for alt in score.top
