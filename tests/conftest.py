@@ -34,16 +34,25 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_tokenizer(vocab_size: int = 300):  # type: ignore[no-untyped-def]
-    """A byte-level BPE tokenizer trained in memory, with chat special tokens and a template."""
+DEFAULT_LINES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "To be, or not to be, that is the question.",
+    "In the beginning God created the heaven and the earth.",
+]
+
+
+def build_tiny_tokenizer(  # type: ignore[no-untyped-def]
+    vocab_size: int = 300,
+    lines: list[str] | None = None,
+    *,
+    chat: bool = True,
+    pad: bool = True,
+):
+    """A byte-level BPE tokenizer trained in memory on `lines`, with chat special tokens and
+    (optionally) a chat template and a pad token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    text = [
-        "The quick brown fox jumps over the lazy dog.",
-        "To be, or not to be, that is the question.",
-        "In the beginning God created the heaven and the earth.",
-    ] * 20
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -51,15 +60,15 @@ def build_tiny_tokenizer(vocab_size: int = 300):  # type: ignore[no-untyped-def]
         vocab_size=vocab_size,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
-    tok.train_from_iterator(text, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        bos_token="<|im_start|>",
-        pad_token="<|endoftext|>",
-    )
-    fast.chat_template = CHAT_TEMPLATE
+    tok.train_from_iterator((lines or DEFAULT_LINES) * 20, trainer)
+    special = {"eos_token": "<|im_end|>", "bos_token": "<|im_start|>"}
+    if pad:
+        special["pad_token"] = "<|endoftext|>"
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **special)
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
     return fast
 
 

@@ -6,17 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from conftest import build_tiny_tokenizer
 from lmscope.model.config import ModelConfig
 from lmscope.model.transformer import Transformer
 
 VOCAB = 300
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 LINES = [
     "The quick brown fox jumps over the lazy dog.",
     "Héllo wörld — naïve café ☕ 日本語 テキスト 🙂",
@@ -36,22 +32,9 @@ GPT2_LIKE: dict[str, Any] = dict(positional="learned", activation="gelu_tanh")
 
 
 def tiny_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(LINES * 10, trainer)
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|im_start|>"
-    )
-    if chat:
-        wrapped.chat_template = CHAT_TEMPLATE
-    return wrapped
+    """Trained on multi-byte text too, so detokenising split characters is exercised."""
+    tokenizer: PreTrainedTokenizerFast = build_tiny_tokenizer(VOCAB, LINES, chat=chat, pad=False)
+    return tokenizer
 
 
 def tiny_model(seed: int = 0, **overrides: Any) -> Transformer:
