@@ -21,6 +21,7 @@ from torch import nn
 
 from lmscope.model.cache import KVCache, SlotKVCache
 from lmscope.model.config import ModelConfig
+from lmscope.model.fast import FastPath, onednn_available
 from lmscope.model.positional import apply_rope, rope_tables, sinusoidal_table
 from lmscope.model.trace import Trace, TraceRecorder
 
@@ -238,6 +239,7 @@ class Transformer(nn.Module):
     sinusoid: torch.Tensor
     rope_cos: torch.Tensor
     rope_sin: torch.Tensor
+    _fast: FastPath | None = None  # prepacked inference weights, see enable_fast_path
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -397,6 +399,13 @@ class Transformer(nn.Module):
         cache: a KVCache; new keys/values are appended and its length advanced. A SlotKVCache
         decodes one token for each of its active rows (continuous batching).
         """
+        fast = self._fast
+        if fast is not None and not self.training and not torch.is_grad_enabled():
+            if fast.is_current():
+                return fast.forward(
+                    self, tokens, input_embeds, positions, attention_mask, cache, last_only
+                )
+            self._fast = None  # a parameter changed since packing: the packed copy is stale
         if isinstance(cache, SlotKVCache):
             return self._decode_slots(tokens, cache)
         past = cache.length if cache is not None else 0
@@ -451,6 +460,24 @@ class Transformer(nn.Module):
             rec("ln_final.hook_normalized", normalized)
             logits = self.unembed(normalized)
         return Trace(tokens=tokens, logits=logits, activations=rec.store, cfg=self.cfg)
+
+    # ---- inference speed ------------------------------------------------------------------------
+    def enable_fast_path(self) -> bool:
+        """Prepack the weights for CPU inference (see `lmscope.model.fast`); True if enabled.
+
+        Only float32 models on a CPU with oneDNN qualify; others keep the reference path. The
+        packed copy costs as much memory as the weights. `forward` uses it when autograd is off
+        and the model is in eval mode, and drops it once any parameter changes.
+        """
+        if self.device.type != "cpu" or self.dtype != torch.float32 or not onednn_available():
+            return False
+        with torch.no_grad():
+            self._fast = FastPath(self)
+        return True
+
+    @property
+    def fast_path_enabled(self) -> bool:
+        return self._fast is not None and self._fast.is_current()
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
