@@ -51,8 +51,8 @@ class KVCache:
 class SlotKVCache:
     """A cache of `slots` sequences of different lengths, for continuous batching.
 
-    Active sequences occupy slots [0, n_active); each has its own length. A new sequence is
-    prefilled alone in a KVCache and copied in with `insert`; a finished one is removed with
+    Active sequences occupy slots [0, n_active); each has its own length. New sequences are
+    prefilled in a KVCache (alone or left-padded together) and copied in with `insert`; a finished one is removed with
     `remove`, which moves the last active row into its slot so the active rows stay a
     contiguous (copy-free) view. Decoding feeds one token per active row.
     """
@@ -80,18 +80,17 @@ class SlotKVCache:
     def free(self) -> int:
         return self.slots - self.n_active
 
-    def insert(self, single: KVCache) -> int:
-        """Copy a prefilled batch-1 cache into the next free slot; returns the slot index."""
+    def insert(self, source: KVCache, row: int = 0, start: int = 0) -> int:
+        """Copy one prefilled row of `source` (its columns from `start`, e.g. after left
+        padding) into the next free slot; returns the slot index."""
         if self.n_active >= self.slots:
             raise ValueError("no free slot in the cache")
-        if single.length >= self.max_len:
-            raise ValueError(
-                f"sequence of {single.length} positions exceeds capacity {self.max_len}"
-            )
+        n = source.length - start
+        if n >= self.max_len:
+            raise ValueError(f"sequence of {n} positions exceeds capacity {self.max_len}")
         slot = self.n_active
-        n = single.length
-        self.keys[:, slot, :, :n] = single.keys[:, 0, :, :n]
-        self.values[:, slot, :, :n] = single.values[:, 0, :, :n]
+        self.keys[:, slot, :, :n] = source.keys[:, row, :, start : source.length]
+        self.values[:, slot, :, :n] = source.values[:, row, :, start : source.length]
         self.lengths[slot] = n
         self.n_active += 1
         return slot

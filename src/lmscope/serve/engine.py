@@ -1,8 +1,8 @@
 """Continuous batching: one decode loop per model, on its own thread.
 
 Requests wait in a bounded queue. Each loop turn admits waiting requests into free slots of a
-SlotKVCache (prefilling each alone), then decodes one token for every active sequence in a
-single batched forward. Per-sequence choices (sampling, stop strings, detokenising) belong to
+SlotKVCache (prompts that arrived together are prefilled together, left-padded, in groups of
+similar length), then decodes one token for every active sequence in a single batched forward. Per-sequence choices (sampling, stop strings, detokenising) belong to
 `lmscope.model.generate.Sequence`; this module only schedules. Tokens flow back to the asyncio
 side through per-request queues; a request whose consumer went away (client disconnect,
 timeout) is dropped at the next turn.
@@ -26,6 +26,9 @@ from lmscope.model.transformer import Transformer
 from lmscope.serve.metrics import ServerMetrics
 
 __all__ = ["ContextLengthError", "Engine", "Event", "QueueFullError", "SamplingParams"]
+
+PREFILL_TOKEN_BUDGET = 1024  # padded prompt tokens per grouped prefill forward
+PREFILL_PADDING_SLACK = 16  # padding a group may carry beyond a quarter of its real tokens
 
 
 class QueueFullError(Exception):
@@ -171,8 +174,11 @@ class Engine:
                         admit.append(self._pending.popleft())
                     self.metrics.waiting.labels(model_name=self.name).set(len(self._pending))
                 try:
-                    for request in admit:
-                        self._prefill(request)
+                    for group in prefill_groups(admit):
+                        if len(group) == 1:
+                            self._prefill(group[0])
+                        else:
+                            self._prefill_together(group)
                     self._drop_cancelled()
                     if self._rows:
                         self._decode_step()
@@ -209,6 +215,35 @@ class Engine:
         self._slots.insert(single)
         self._rows.append(request)
         self._accept(len(self._rows) - 1, logits[-1])
+
+    def _prefill_together(self, requests: list[_Request]) -> None:
+        """One forward for several prompts, left-padded; positions restart at each prompt's
+        first token, so every row gets the keys and values it would get alone."""
+        requests = [r for r in requests if not r.cancelled]
+        if not requests:
+            return
+        device = self.model.device
+        lengths = torch.tensor([len(r.prompt) for r in requests], device=device)
+        width = int(lengths.max())
+        pads = width - lengths
+        tokens = torch.zeros(len(requests), width, dtype=torch.long, device=device)
+        for i, request in enumerate(requests):
+            tokens[i, int(pads[i]) :] = torch.tensor(request.prompt, device=device)
+        columns = torch.arange(width, device=device)[None]
+        mask = (columns >= pads[:, None]).long()
+        positions = (columns - pads[:, None]).clamp(min=0)
+        cache = self.model.new_cache(len(requests), width)
+        logits = self.model(
+            tokens, positions=positions, attention_mask=mask, cache=cache, last_only=True
+        )
+        self.metrics.prompt_tokens.labels(model_name=self.name).inc(int(lengths.sum()))
+        for i, request in enumerate(requests):
+            if request.sequence.params.max_new_tokens == 0:
+                self._finish(request, "length")
+                continue
+            self._slots.insert(cache, row=i, start=int(pads[i]))
+            self._rows.append(request)
+            self._accept(len(self._rows) - 1, logits[i, 0])
 
     def _decode_step(self) -> None:
         last = [[r.sequence.token_ids[-1]] for r in self._rows]
@@ -267,3 +302,28 @@ class Engine:
         for row in range(len(self._rows) - 1, -1, -1):
             if self._rows[row].cancelled:
                 self._retire(row, "abort")
+
+
+def prefill_groups(requests: list[_Request]) -> list[list[_Request]]:
+    """Split admitted requests into prefill groups: requests that need every prompt position's
+    logits go alone; the others are grouped by similar length, so that padding stays under a
+    quarter of the real tokens (plus a little slack) and a group fits the token budget."""
+    groups: list[list[_Request]] = [[r] for r in requests if r.prompt_logprobs]
+    group: list[_Request] = []
+    for request in sorted((r for r in requests if not r.prompt_logprobs), key=_prompt_length):
+        candidate = [*group, request]
+        width, real = len(request.prompt), sum(map(_prompt_length, candidate))
+        padded = width * len(candidate)
+        if group and (
+            padded - real > real // 4 + PREFILL_PADDING_SLACK or padded > PREFILL_TOKEN_BUDGET
+        ):
+            groups.append(group)
+            candidate = [request]
+        group = candidate
+    if group:
+        groups.append(group)
+    return groups
+
+
+def _prompt_length(request: _Request) -> int:
+    return len(request.prompt)
