@@ -39,9 +39,12 @@ def invoke(app: typer.Typer, *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_streams_the_same_text_as_the_library(app: typer.Typer, checkpoint: Path) -> None:
+@pytest.mark.parametrize("prepack", ["--prepack", "--no-prepack"])
+def test_streams_the_same_text_as_the_library(
+    app: typer.Typer, checkpoint: Path, prepack: str
+) -> None:
     code, out, err = invoke(
-        app, str(checkpoint), "The quick brown", "--max-tokens", "8", "--temperature", "0"
+        app, str(checkpoint), "The quick brown", "--max-tokens", "8", "--temperature", "0", prepack
     )
     assert code == 0, err
     model, tok = load_checkpoint(checkpoint)

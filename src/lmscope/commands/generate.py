@@ -50,6 +50,11 @@ def generate(
     ),
     dtype: DType = typer.Option(DType.float32, help="Weights dtype."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's)."),
+    prepack: bool = typer.Option(
+        True,
+        help="Prepack float32 weights for faster CPU decoding (costs one more copy of the "
+        "weights in memory).",
+    ),
     stats: bool = typer.Option(True, help="Print token counts and speed to stderr at the end."),
 ) -> None:
     """Generate text from MODEL, streaming it to the terminal as it is produced."""
@@ -82,7 +87,8 @@ def generate(
         raise GenerationError(
             f"model {model!r} has no tokenizer; save one with the checkpoint to generate text"
         )
-    optimize_for_decoding(loaded.model)
+    if prepack:
+        optimize_for_decoding(loaded.model)
     messages = None
     if chat:
         messages = [{"role": "user", "content": text}]

@@ -35,6 +35,11 @@ def serve(
     timeout: float = typer.Option(600.0, help="Per-request timeout in seconds."),
     max_body_mb: float = typer.Option(4.0, help="Largest accepted request body, in MiB."),
     dtype: str = typer.Option("float32", help="float32 or bfloat16."),
+    prepack: bool = typer.Option(
+        True,
+        help="Prepack float32 weights for faster CPU decoding (costs one more copy of the "
+        "weights in memory).",
+    ),
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API, with explanations and the web explorer."""
     import uvicorn
@@ -62,6 +67,7 @@ def serve(
         max_seq_len=max_seq_len,
         request_timeout=timeout,
         dtype=dtype,
+        prepack=prepack,
     )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     app = create_app(settings)

@@ -34,6 +34,7 @@ class ServeSettings:
     request_timeout: float = 600.0
     dtype: str = "float32"
     explain_workers: int = 1
+    prepack: bool = True  # optimize_for_decoding: faster CPU decoding, one more weight copy
 
 
 @dataclass
@@ -71,7 +72,8 @@ class ServerState:
                     '{"event": "loading", "model": "%s", "source": "%s"}', spec.id, spec.source
                 )
                 loaded = load(spec.source, dtype=dtype)
-                optimize_for_decoding(loaded.model)  # fp32 CPU only; values unchanged
+                if self.settings.prepack:
+                    optimize_for_decoding(loaded.model)  # fp32 CPU only
                 if loaded.tokenizer is None:
                     raise ValueError(f"model {spec.id} has no tokenizer; the server needs one")
                 engine = Engine(
