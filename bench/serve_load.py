@@ -2,10 +2,11 @@
 
     python bench/serve_load.py [--model smollm2-135m] [--max-tokens 64] [--soak-minutes 10]
 
-Prints: in-process single-stream decode tok/s; HTTP single-stream decode tok/s (and the ratio);
-aggregate generated tok/s at 1, 4 and 8 concurrent streaming clients (and the ratio to one
-stream); p50/p99 time to first token at each concurrency; optionally a soak at 8 clients with
-error count and server memory growth.
+Prints: in-process single-stream decode tok/s; how long a running stream stalls while a
+1536-token prompt is prefilled, whole and in chunks (in process); HTTP single-stream decode
+tok/s (and the ratio); aggregate generated tok/s at 1, 4 and 8 concurrent streaming clients (and
+the ratio to one stream); p50/p99 time to first token at each concurrency; optionally a soak at
+8 clients with error count and server memory growth.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import os
 import statistics
@@ -20,8 +22,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 PROMPTS = [
     "Once upon a time, in a small village by the sea,",
@@ -41,20 +46,31 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def in_process_decode(model_name: str, max_tokens: int) -> float:
-    """Single-stream decode tok/s through the same Engine the server uses, without HTTP."""
+def load_as_served(model_name: str) -> Any:
     from lmscope.model.generate import optimize_for_decoding
-    from lmscope.model.sampling import SamplingParams
-    from lmscope.serve.engine import Engine
-    from lmscope.serve.metrics import ServerMetrics
     from lmscope.zoo.registry import load
 
     loaded = load(model_name)
     optimize_for_decoding(loaded.model)  # as the server does
+    return loaded
+
+
+def engine_for(loaded: Any, **options: Any) -> Any:
+    from lmscope.serve.engine import Engine
+    from lmscope.serve.metrics import ServerMetrics
+
     engine = Engine(
-        loaded.model, loaded.tokenizer, name=model_name, metrics=ServerMetrics(), max_batch=8
+        loaded.model, loaded.tokenizer, name="bench", metrics=ServerMetrics(), **options
     )
     engine.start()
+    return engine
+
+
+def in_process_decode(loaded: Any, max_tokens: int) -> float:
+    """Single-stream decode tok/s through the same Engine the server uses, without HTTP."""
+    from lmscope.model.sampling import SamplingParams
+
+    engine = engine_for(loaded, max_batch=8)
 
     async def run() -> float:
         rates = []
@@ -78,6 +94,42 @@ def in_process_decode(model_name: str, max_tokens: int) -> float:
 # SSL context and a connection pool first, which costs ~25 ms of client CPU and would be counted
 # as server time to first token, growing with the number of client threads.
 CLIENT = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=64))
+
+
+def long_prompt_stall(loaded: Any, prefill_chunk: int) -> tuple[float, float, float]:
+    """(longest and median gap between a running stream's tokens, TTFT of the long prompt)
+    while a 1536-token prompt arrives, with the engine's prefill chunk set as given."""
+    from lmscope.model.sampling import SamplingParams
+
+    text = SHAKESPEARE.read_text()[:20000] if SHAKESPEARE.is_file() else " ".join(PROMPTS) * 40
+    long_ids = loaded.tokenizer.encode(text)[:1536]
+    engine = engine_for(loaded, prefill_chunk=prefill_chunk)
+
+    async def run() -> tuple[float, float, float]:
+        stamps: list[float] = []
+
+        async def running_stream() -> None:
+            params = SamplingParams(max_new_tokens=120, temperature=0, ignore_eos=True)
+            async for event in engine.generate(loaded.tokenizer.encode(PROMPTS[0]), params):
+                if event.token_id is not None:
+                    stamps.append(time.perf_counter())
+
+        task = asyncio.create_task(running_stream())
+        while len(stamps) < 10:
+            await asyncio.sleep(0.01)
+        start = time.perf_counter()
+        ttft = float("nan")
+        async for event in engine.generate(long_ids, SamplingParams(max_new_tokens=1)):
+            if event.token_id is not None:
+                ttft = time.perf_counter() - start
+        await task
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        return max(gaps), statistics.median(gaps), ttft
+
+    try:
+        return asyncio.run(run())
+    finally:
+        engine.stop()
 
 
 def stream_once(base: str, prompt: str, max_tokens: int) -> tuple[float, float, int, float]:
@@ -165,8 +217,16 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"model {args.model}, {args.max_tokens} tokens per request, {os.cpu_count()} CPUs")
-    local = in_process_decode(args.model, args.max_tokens)
+    loaded = load_as_served(args.model)
+    local = in_process_decode(loaded, args.max_tokens)
     print(f"in-process single-stream decode: {local:.1f} tok/s")
+    for label, chunk in (("whole", 1 << 30), ("in 256-token chunks", 256)):
+        worst, median, ttft = long_prompt_stall(loaded, chunk)
+        print(
+            f"1536-token prompt prefilled {label}: a running stream's longest token gap "
+            f"{worst * 1000:.0f} ms (median {median * 1000:.0f} ms); its own TTFT {ttft:.2f} s"
+        )
+    del loaded
 
     server = start_server(args.model, args.port)
     base = f"http://127.0.0.1:{args.port}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -23,19 +24,18 @@ PROMPTS = [
 ]
 
 
-def request(length: int, *, prompt_logprobs: bool = False) -> _Request:
+def request(length: int) -> _Request:
     sequence: Any = type("FakeSequence", (), {"prompt_ids": list(range(length))})()
-    return _Request(sequence, lambda event: None, 0.0, prompt_logprobs)
+    return _Request(sequence, lambda event: None, 0.0, False)
 
 
 def test_prefill_groups_keep_padding_and_size_bounded() -> None:
-    scored = request(5, prompt_logprobs=True)
     similar = [request(n) for n in (10, 12, 11, 9)]
-    long = request(200)
-    groups = prefill_groups([similar[0], scored, long, *similar[1:]])
+    groups = prefill_groups([similar[0], request(200), request(2), *similar[1:]])
     lengths = sorted(sorted(len(r.prompt) for r in g) for g in groups)
-    assert lengths == [[5], [9, 10, 11, 12], [200]]  # scoring alone; the long prompt alone
-    assert [scored] in groups
+    assert lengths == [[2, 9, 10, 11, 12], [200]]  # 2 pads to 12 within the slack
+    assert sum(len(g) for g in prefill_groups([request(n) for n in (3, 40)])) == 2
+    assert len(prefill_groups([request(n) for n in (3, 40)])) == 2  # too much padding
     many = [request(100) for _ in range(30)]
     sizes = [len(g) for g in prefill_groups(many)]
     assert sum(sizes) == 30 and max(sizes) * 100 <= PREFILL_TOKEN_BUDGET
@@ -78,3 +78,51 @@ def test_prompts_prefilled_together_get_their_one_by_one_tokens(family: str, fas
     assert grouped and max(grouped) >= 2  # the grouped path really ran
     with torch.no_grad():
         assert engine._slots.n_active == 0  # every row was retired
+
+
+def test_chunked_prefill_gives_the_same_tokens_and_scores_and_lets_others_decode() -> None:
+    tok = tiny_tokenizer()
+    model = tiny_model()
+    params = SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True, logprobs=1)
+    long_text = "In the beginning God created the heaven"
+    long_ids = tok.encode(long_text)
+    assert len(long_ids) > 12
+    want = generate(model, tok, long_text, params, eos_token_ids=()).token_ids
+    with torch.no_grad():
+        reference = torch.log_softmax(model(torch.tensor([long_ids]))[0, :-1], dim=-1)
+    engine = Engine(model, tok, name="tiny", metrics=ServerMetrics(), prefill_chunk=6)
+    short = tok.encode("To be")
+    assert len(short) <= 6  # prefilled at once; the long prompt takes several chunks
+    calls: list[str] = []
+    for name in ("_prefill_chunk", "_decode_step"):
+        original = getattr(engine, name)
+
+        def spy(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            if _name == "_decode_step" or engine._chunked:
+                calls.append(_name)
+            return _original(*args)
+
+        setattr(engine, name, spy)
+
+    async def scenario() -> tuple[list[int], list[Any], list[int]]:
+        engine.start()
+        try:
+            running = engine.generate(short, replace(params, max_new_tokens=40))
+            await running.__anext__()  # decoding before the long prompt arrives
+            scored = [e async for e in engine.generate(long_ids, params, prompt_logprobs=True)]
+            rest = [e.token_id async for e in running if e.token_id is not None]
+            return [e.token_id for e in scored if e.token_id is not None], scored, rest
+        finally:
+            engine.stop()
+
+    tokens, events, rest = asyncio.run(scenario())
+    assert tokens == want
+    scores = next(e.prompt_logprobs for e in events if e.prompt_logprobs is not None)
+    assert scores[0] is None and len(scores) == len(long_ids)
+    for i, score in enumerate(scores[1:]):
+        assert abs(score.logprob - float(reference[i, long_ids[i + 1]])) < 1e-4
+    chunks = [i for i, c in enumerate(calls) if c == "_prefill_chunk"]
+    assert len(chunks) == -(-len(long_ids) // 6)  # the prompt went in 6 tokens at a time...
+    between = calls[chunks[0] : chunks[-1]]
+    assert between.count("_decode_step") >= len(chunks) - 1  # ...with decode steps in between
+    assert len(rest) == 39

@@ -32,6 +32,11 @@ def serve(
     max_batch: int = typer.Option(8, help="Sequences decoded together per model."),
     max_queue: int = typer.Option(64, help="Waiting requests before answering 429."),
     max_seq_len: int = typer.Option(2048, help="Prompt + completion tokens per sequence."),
+    prefill_chunk: int | None = typer.Option(
+        None,
+        help="Prompts longer than this are prefilled this many tokens per decode step, so "
+        "running streams keep flowing (default 256).",
+    ),
     timeout: float = typer.Option(600.0, help="Per-request timeout in seconds."),
     max_body_mb: float = typer.Option(4.0, help="Largest accepted request body, in MiB."),
     dtype: str = typer.Option("float32", help="float32 or bfloat16."),
@@ -54,6 +59,7 @@ def serve(
         ("--max-batch", max_batch),
         ("--max-queue", max_queue),
         ("--max-seq-len", max_seq_len),
+        ("--prefill-chunk", 1 if prefill_chunk is None else prefill_chunk),
     ):
         if value < 1:
             raise ValueError(f"{name} must be at least 1")
@@ -69,6 +75,8 @@ def serve(
         dtype=dtype,
         prepack=prepack,
     )
+    if prefill_chunk is not None:
+        settings.prefill_chunk = prefill_chunk
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     app = create_app(settings)
     typer.echo(

@@ -1,8 +1,9 @@
 """Continuous batching: one decode loop per model, on its own thread.
 
 Requests wait in a bounded queue. Each loop turn admits waiting requests into free slots of a
-SlotKVCache (prompts that arrived together are prefilled together, left-padded, in groups of
-similar length), then decodes one token for every active sequence in a single batched forward. Per-sequence choices (sampling, stop strings, detokenising) belong to
+SlotKVCache (short prompts that arrived together are prefilled together, left-padded, in groups
+of similar length; a long prompt, or one to be scored, is prefilled one chunk per turn), then
+decodes one token for every active sequence in a single batched forward. Per-sequence choices (sampling, stop strings, detokenising) belong to
 `lmscope.model.generate.Sequence`; this module only schedules. Tokens flow back to the asyncio
 side through per-request queues; a request whose consumer went away (client disconnect,
 timeout) is dropped at the next turn.
@@ -28,6 +29,7 @@ from lmscope.serve.metrics import ServerMetrics
 __all__ = ["ContextLengthError", "Engine", "Event", "QueueFullError", "SamplingParams"]
 
 PREFILL_TOKEN_BUDGET = 1024  # padded prompt tokens per grouped prefill forward
+PREFILL_CHUNK = 256  # longer prompts are prefilled this many tokens per loop turn
 PREFILL_PADDING_SLACK = 16  # padding a group may carry beyond a quarter of its real tokens
 
 
@@ -67,6 +69,16 @@ class _Request:
         return self.sequence.prompt_ids
 
 
+class _ChunkedPrefill:
+    """A prompt being prefilled a chunk at a time into its own cache."""
+
+    def __init__(self, request: _Request, model: Transformer) -> None:
+        self.request = request
+        self.cache = model.new_cache(1, len(request.prompt))
+        self.done = 0  # prompt tokens already in the cache
+        self.scores: list[TokenLogprob | None] = [None]  # the first token has no score
+
+
 class Engine:
     """The decode loop of one served model."""
 
@@ -80,8 +92,10 @@ class Engine:
         max_batch: int = 8,
         max_queue: int = 64,
         max_seq_len: int = 2048,
+        prefill_chunk: int = PREFILL_CHUNK,
     ) -> None:
         self.model = model
+        self.prefill_chunk = prefill_chunk
         self.tokenizer = tokenizer
         self.name = name
         self.metrics = metrics
@@ -90,7 +104,9 @@ class Engine:
         self.max_seq_len = min(max_seq_len, model.cfg.n_ctx)
         self.eos_ids = default_eos_ids(model, tokenizer)
         self._pending: collections.deque[_Request] = collections.deque()
-        self._rows: list[_Request] = []
+        self._rows: list[_Request] = []  # decoding, row i of the slot cache
+        self._prefilling: list[_Request] = []  # admitted this turn, prefilled together
+        self._chunked: collections.deque[_ChunkedPrefill] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -165,54 +181,85 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._cv:
-                    while not self._stopping and not self._pending and not self._rows:
+                    while not self._stopping and not self._pending and not self._busy:
                         self._cv.wait()
                     if self._stopping:
                         return
                     admit: list[_Request] = []
-                    while self._pending and len(self._rows) + len(admit) < self.max_batch:
+                    while self._pending and self._busy + len(admit) < self.max_batch:
                         admit.append(self._pending.popleft())
                     self.metrics.waiting.labels(model_name=self.name).set(len(self._pending))
                 try:
-                    for group in prefill_groups(admit):
-                        if len(group) == 1:
-                            self._prefill(group[0])
-                        else:
-                            self._prefill_together(group)
+                    self._admit(admit)
+                    self._prefill_chunk()
                     self._drop_cancelled()
                     if self._rows:
                         self._decode_step()
                 except Exception as err:  # never let one bad step kill the loop silently
                     self._fail_all(err)
-                self.metrics.running.labels(model_name=self.name).set(len(self._rows))
+                self.metrics.running.labels(model_name=self.name).set(self._busy)
+
+    @property
+    def _busy(self) -> int:
+        """Requests holding (or about to hold) a row: decoding or part-way through prefill."""
+        return len(self._rows) + len(self._chunked)
+
+    def _admit(self, admit: list[_Request]) -> None:
+        """Short prompts are prefilled now, in groups; long prompts and prompts to be scored
+        join the chunked prefill, which advances one chunk per loop turn."""
+        short = []
+        for request in admit:
+            if request.prompt_logprobs or len(request.prompt) > self.prefill_chunk:
+                self._chunked.append(_ChunkedPrefill(request, self.model))
+            else:
+                short.append(request)
+        self._prefilling = short
+        for group in prefill_groups(short):
+            self._prefill_together(group)
+        self._prefilling = []
 
     def _fail_all(self, err: Exception) -> None:
-        for request in self._rows:
+        chunked = [c.request for c in self._chunked]
+        for request in [*self._rows, *self._prefilling, *chunked]:
             request.emit(Event(finish_reason="error", text=f"engine error: {err}"))
         while self._slots.n_active:
             self._slots.remove(self._slots.n_active - 1)
         self._rows.clear()
+        self._prefilling = []
+        self._chunked.clear()
 
-    def _prefill(self, request: _Request) -> None:
-        if request.cancelled:
+    def _prefill_chunk(self) -> None:
+        """Advance the oldest chunked prefill by one chunk, so that a long prompt delays the
+        running sequences by one chunk's forward per token rather than by its whole prefill."""
+        while self._chunked and self._chunked[0].request.cancelled:
+            self._chunked.popleft()
+        if not self._chunked:
             return
-        prompt = torch.tensor([request.prompt], device=self.model.device)
-        single = self.model.new_cache(1, len(request.prompt))
-        logits = self.model(prompt, cache=single, last_only=not request.prompt_logprobs)[0]
-        self.metrics.prompt_tokens.labels(model_name=self.name).inc(len(request.prompt))
-        if request.prompt_logprobs:
+        job = self._chunked[0]
+        request = job.request
+        start = job.done
+        stop = min(start + self.prefill_chunk, len(request.prompt))
+        chunk = torch.tensor([request.prompt[start:stop]], device=self.model.device)
+        scoring = request.prompt_logprobs
+        logits = self.model(chunk, cache=job.cache, last_only=not scoring)[0]
+        self.metrics.prompt_tokens.labels(model_name=self.name).inc(stop - start)
+        job.done = stop
+        if scoring:
             k = request.sequence.params.logprobs or 0
-            logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-            scores: list[TokenLogprob | None] = [None]
-            scores += [
-                token_logprob(self.tokenizer, logprobs[i], tok, k)
-                for i, tok in enumerate(request.prompt[1:])
+            targets = request.prompt[start + 1 : stop + 1]  # what each chunk position predicts
+            logprobs = torch.log_softmax(logits[: len(targets)].float(), dim=-1)
+            job.scores += [
+                token_logprob(self.tokenizer, logprobs[i], tok, k) for i, tok in enumerate(targets)
             ]
-            request.emit(Event(prompt_logprobs=scores, prompt_tokens=len(request.prompt)))
+        if stop < len(request.prompt):
+            return
+        self._chunked.popleft()
+        if scoring:
+            request.emit(Event(prompt_logprobs=job.scores, prompt_tokens=len(request.prompt)))
         if request.sequence.params.max_new_tokens == 0:
             self._finish(request, "length")
             return
-        self._slots.insert(single)
+        self._slots.insert(job.cache)
         self._rows.append(request)
         self._accept(len(self._rows) - 1, logits[-1])
 
@@ -229,13 +276,16 @@ class Engine:
         tokens = torch.zeros(len(requests), width, dtype=torch.long, device=device)
         for i, request in enumerate(requests):
             tokens[i, int(pads[i]) :] = torch.tensor(request.prompt, device=device)
-        columns = torch.arange(width, device=device)[None]
-        mask = (columns >= pads[:, None]).long()
-        positions = (columns - pads[:, None]).clamp(min=0)
         cache = self.model.new_cache(len(requests), width)
-        logits = self.model(
-            tokens, positions=positions, attention_mask=mask, cache=cache, last_only=True
-        )
+        if len(requests) == 1:
+            logits = self.model(tokens, cache=cache, last_only=True)
+        else:
+            columns = torch.arange(width, device=device)[None]
+            mask = (columns >= pads[:, None]).long()
+            positions = (columns - pads[:, None]).clamp(min=0)
+            logits = self.model(
+                tokens, positions=positions, attention_mask=mask, cache=cache, last_only=True
+            )
         self.metrics.prompt_tokens.labels(model_name=self.name).inc(int(lengths.sum()))
         for i, request in enumerate(requests):
             if request.sequence.params.max_new_tokens == 0:
@@ -305,12 +355,11 @@ class Engine:
 
 
 def prefill_groups(requests: list[_Request]) -> list[list[_Request]]:
-    """Split admitted requests into prefill groups: requests that need every prompt position's
-    logits go alone; the others are grouped by similar length, so that padding stays under a
-    quarter of the real tokens (plus a little slack) and a group fits the token budget."""
-    groups: list[list[_Request]] = [[r] for r in requests if r.prompt_logprobs]
+    """Split requests into prefill groups of similar prompt length, so that padding stays
+    under a quarter of the real tokens (plus a little slack) and a group fits the token budget."""
+    groups: list[list[_Request]] = []
     group: list[_Request] = []
-    for request in sorted((r for r in requests if not r.prompt_logprobs), key=_prompt_length):
+    for request in sorted(requests, key=_prompt_length):
         candidate = [*group, request]
         width, real = len(request.prompt), sum(map(_prompt_length, candidate))
         padded = width * len(candidate)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from lmscope.model.generate import optimize_for_decoding
-from lmscope.serve.engine import Engine
+from lmscope.serve.engine import PREFILL_CHUNK, Engine
 from lmscope.serve.errors import APIError
 from lmscope.serve.metrics import ServerMetrics
 from lmscope.serve.routing import ModelSpec, Router, parse_route
@@ -35,6 +35,7 @@ class ServeSettings:
     dtype: str = "float32"
     explain_workers: int = 1
     prepack: bool = True  # optimize_for_decoding: faster CPU decoding, one more weight copy
+    prefill_chunk: int = PREFILL_CHUNK
 
 
 @dataclass
@@ -84,6 +85,7 @@ class ServerState:
                     max_batch=self.settings.max_batch,
                     max_queue=self.settings.max_queue,
                     max_seq_len=self.settings.max_seq_len,
+                    prefill_chunk=self.settings.prefill_chunk,
                 )
                 engine.start()
                 self.models[spec.id] = ServedModel(
