@@ -279,13 +279,18 @@ def test_api_key_and_full_queue(tiny_checkpoint: Path) -> None:
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
 
 
-def test_disconnected_stream_is_cancelled(tmp_path: Path) -> None:
-    """A client that hangs up mid-stream stops its generation (finish reason `abort`).
+def test_disconnected_stream_is_cancelled(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that hangs up mid-stream stops its generation (finish reason `abort`), and the
+    request's log line still counts the tokens it was sent.
 
     The request asks for far more tokens than can be generated before the hang-up is noticed,
     so it cannot finish on its own first.
     """
+    import json
+    import logging
     import time
+
+    caplog.set_level(logging.INFO, logger="lmscope")
 
     from conftest import build_tiny_tokenizer
     from lmscope.model.config import ModelConfig
@@ -312,3 +317,15 @@ def test_disconnected_stream_is_cancelled(tmp_path: Path) -> None:
         else:
             pytest.fail("the abandoned request was not aborted")
         assert 'finished_reason="length",model_name="long"' not in metrics
+
+        def completion_log() -> dict[str, object] | None:
+            for record in caplog.records:
+                if record.getMessage().startswith("{") and "/v1/completions" in record.getMessage():
+                    return dict(json.loads(record.getMessage()))
+            return None
+
+        while time.time() < deadline and completion_log() is None:
+            time.sleep(0.05)
+        line = completion_log()
+        assert line is not None and line["model"] == "long"
+        assert line["tokens_in"] == 1 and int(str(line["tokens_out"])) >= 1

@@ -310,9 +310,12 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
                                 None,
                             )
                         )
-                    completion_tokens = 0
+                    totals[0] += len(prompt)  # counted as they come: a log line after a
+                    completion_tokens = 0  # disconnect still says what was generated
                     async for event in _run(served, prompt, params, timeout):
-                        completion_tokens = max(completion_tokens, event.completion_tokens)
+                        if event.completion_tokens > completion_tokens:
+                            totals[1] += event.completion_tokens - completion_tokens
+                            completion_tokens = event.completion_tokens
                         if event.text or event.finish_reason:
                             await queue.put(
                                 _completion_chunk(
@@ -324,8 +327,6 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
                                     event.finish_reason,
                                 )
                             )
-                    totals[0] += len(prompt)
-                    totals[1] += completion_tokens
                     await queue.put(None)
                 except BaseException as err:  # forwarded to the consumer
                     await queue.put(err)
@@ -457,9 +458,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             try:
                 for choice in range(body.n):
                     params = _params(body, max_tokens, logprobs, choice)
+                    this_choice = 0  # counted as they come, for the log line after a disconnect
                     async for event in _run(served, prompt, params, timeout):
-                        if event.finish_reason is not None:
-                            completion_tokens += event.completion_tokens
+                        if event.completion_tokens > this_choice:
+                            completion_tokens += event.completion_tokens - this_choice
+                            this_choice = event.completion_tokens
                         if event.text or event.finish_reason:
                             delta = {"content": event.text} if event.text else {}
                             chunk = _chat_chunk(
