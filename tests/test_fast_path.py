@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -132,6 +133,10 @@ def test_packing_leaves_parameters_and_the_trace_path_alone() -> None:
         )
     clone = copy.deepcopy(fast)  # oneDNN tensors do not copy: the copy starts unpacked
     assert not clone.fast_path_enabled and fast.fast_path_enabled
+    pickled = pickle.loads(pickle.dumps(fast))  # torch.save(model) pickles the same way
+    assert not pickled.fast_path_enabled
+    with torch.no_grad():
+        torch.testing.assert_close(pickled(tokens), reference(tokens), rtol=0, atol=0)
 
 
 def test_other_dtypes_keep_the_reference_path() -> None:

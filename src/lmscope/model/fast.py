@@ -22,7 +22,7 @@ changes (training, `load_state_dict`, `.to()`): the reference path then answers.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -155,9 +155,6 @@ class FastPath:
             if param is not None
         ]
         self.signature = self._signature()
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> None:
-        return None  # oneDNN tensors cannot be copied; a copied model re-packs on request
 
     def is_current(self) -> bool:
         """False once any parameter was replaced, moved or modified in place since packing."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -474,6 +475,13 @@ class Transformer(nn.Module):
         with torch.no_grad():
             self._fast = FastPath(self)
         return True
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the packed weights behind (oneDNN tensors cannot be
+        copied); a copy re-packs when asked to."""
+        state = self.__dict__.copy()
+        state.pop("_fast", None)
+        return state
 
     @property
     def fast_path_enabled(self) -> bool:
