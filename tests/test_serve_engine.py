@@ -126,3 +126,30 @@ def test_chunked_prefill_gives_the_same_tokens_and_scores_and_lets_others_decode
     between = calls[chunks[0] : chunks[-1]]
     assert between.count("_decode_step") >= len(chunks) - 1  # ...with decode steps in between
     assert len(rest) == 39
+
+
+def test_an_engine_error_during_prefill_ends_the_waiting_requests() -> None:
+    tok = tiny_tokenizer()
+    engine = Engine(tiny_model(), tok, name="tiny", metrics=ServerMetrics())
+
+    def broken(requests: list[_Request]) -> None:
+        raise RuntimeError("prefill exploded")
+
+    engine._prefill_together = broken  # type: ignore[method-assign]
+    params = SamplingParams(max_new_tokens=4, temperature=0)
+
+    async def scenario() -> list[list[Any]]:
+        async def consume(prompt: str) -> list[Any]:
+            return [e async for e in engine.generate(tok.encode(prompt), params)]
+
+        tasks = [asyncio.create_task(consume(p)) for p in PROMPTS[:3]]
+        await asyncio.sleep(0.05)
+        engine.start()
+        try:
+            return await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+        finally:
+            engine.stop()
+
+    for events in asyncio.run(scenario()):
+        assert events[-1].finish_reason == "error"
+        assert "prefill exploded" in events[-1].text

@@ -3,8 +3,8 @@
 Requests wait in a bounded queue. Each loop turn admits waiting requests into free slots of a
 SlotKVCache (short prompts that arrived together are prefilled together, left-padded, in groups
 of similar length; a long prompt, or one to be scored, is prefilled one chunk per turn), then
-decodes one token for every active sequence in a single batched forward. Per-sequence choices (sampling, stop strings, detokenising) belong to
-`lmscope.model.generate.Sequence`; this module only schedules. Tokens flow back to the asyncio
+decodes one token for every active sequence in a single batched forward. Per-sequence choices
+(sampling, stop strings, detokenising) belong to `lmscope.model.generate.Sequence`; this module only schedules. Tokens flow back to the asyncio
 side through per-request queues; a request whose consumer went away (client disconnect,
 timeout) is dropped at the next turn.
 """
@@ -74,8 +74,7 @@ class _ChunkedPrefill:
 
     def __init__(self, request: _Request, model: Transformer) -> None:
         self.request = request
-        self.cache = model.new_cache(1, len(request.prompt))
-        self.done = 0  # prompt tokens already in the cache
+        self.cache = model.new_cache(1, len(request.prompt))  # its length: tokens done
         self.scores: list[TokenLogprob | None] = [None]  # the first token has no score
 
 
@@ -95,17 +94,16 @@ class Engine:
         prefill_chunk: int = PREFILL_CHUNK,
     ) -> None:
         self.model = model
-        self.prefill_chunk = prefill_chunk
         self.tokenizer = tokenizer
         self.name = name
         self.metrics = metrics
         self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
         self.max_queue = max_queue
         self.max_seq_len = min(max_seq_len, model.cfg.n_ctx)
         self.eos_ids = default_eos_ids(model, tokenizer)
         self._pending: collections.deque[_Request] = collections.deque()
         self._rows: list[_Request] = []  # decoding, row i of the slot cache
-        self._prefilling: list[_Request] = []  # admitted this turn, prefilled together
         self._chunked: collections.deque[_ChunkedPrefill] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
@@ -196,7 +194,7 @@ class Engine:
                     if self._rows:
                         self._decode_step()
                 except Exception as err:  # never let one bad step kill the loop silently
-                    self._fail_all(err)
+                    self._fail_all(err, admit)
                 self.metrics.running.labels(model_name=self.name).set(self._busy)
 
     @property
@@ -213,19 +211,19 @@ class Engine:
                 self._chunked.append(_ChunkedPrefill(request, self.model))
             else:
                 short.append(request)
-        self._prefilling = short
         for group in prefill_groups(short):
             self._prefill_together(group)
-        self._prefilling = []
 
-    def _fail_all(self, err: Exception) -> None:
+    def _fail_all(self, err: Exception, admitted: list[_Request]) -> None:
+        """End every request this engine holds, including those admitted this turn that had
+        not reached a row yet (each once; a request already finished ignores the event)."""
         chunked = [c.request for c in self._chunked]
-        for request in [*self._rows, *self._prefilling, *chunked]:
+        held = {id(r): r for r in [*self._rows, *admitted, *chunked]}
+        for request in held.values():
             request.emit(Event(finish_reason="error", text=f"engine error: {err}"))
         while self._slots.n_active:
             self._slots.remove(self._slots.n_active - 1)
         self._rows.clear()
-        self._prefilling = []
         self._chunked.clear()
 
     def _prefill_chunk(self) -> None:
@@ -237,13 +235,12 @@ class Engine:
             return
         job = self._chunked[0]
         request = job.request
-        start = job.done
+        start = job.cache.length
         stop = min(start + self.prefill_chunk, len(request.prompt))
         chunk = torch.tensor([request.prompt[start:stop]], device=self.model.device)
         scoring = request.prompt_logprobs
         logits = self.model(chunk, cache=job.cache, last_only=not scoring)[0]
         self.metrics.prompt_tokens.labels(model_name=self.name).inc(stop - start)
-        job.done = stop
         if scoring:
             k = request.sequence.params.logprobs or 0
             targets = request.prompt[start + 1 : stop + 1]  # what each chunk position predicts
