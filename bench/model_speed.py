@@ -10,7 +10,7 @@ On smollm2-135m (loaded through the registry), in one process:
 - batch-8 greedy decoding, aggregate tokens/s.
 "lmscope" is the model as loaded (reference path); "lmscope+fast" after
 `optimize_for_decoding`, which prepacks the same float32 weights for oneDNN (see
-`lmscope.model.fast`). Decode speed is measured as
+`lmscope.model.prepacked`). Decode speed is measured as
 (N - 1) / (time(N new tokens) - time(1 new token)), so the prompt's prefill cancels out.
 Every figure is the best of several runs (the least disturbed by other work); wall-clock time
 on a shared machine is noisy, so the CPU time of this process is printed next to it.
@@ -160,7 +160,7 @@ def ratio(a: Timing, b: Timing, *, lower_is_better: bool = False) -> str:
 
 
 def run_suite(name: str, threads: int, quick: bool) -> None:
-    from lmscope.model.generate import optimize_for_decoding
+    from lmscope.model.prepacked import optimize_for_decoding
     from lmscope.zoo.registry import load
 
     torch.set_num_threads(threads)

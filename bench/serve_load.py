@@ -47,7 +47,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def load_as_served(model_name: str) -> Any:
-    from lmscope.model.generate import optimize_for_decoding
+    from lmscope.model.prepacked import optimize_for_decoding
     from lmscope.zoo.registry import load
 
     loaded = load(model_name)

@@ -10,7 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from lmscope.commands import generate as generate_command
-from lmscope.model.generate import generate, optimize_for_decoding
+from lmscope.model.generate import generate
+from lmscope.model.prepacked import optimize_for_decoding
 from lmscope.zoo.checkpoint import load_checkpoint, save_checkpoint
 from test_generate_fixtures import tiny_model, tiny_tokenizer
 
@@ -103,7 +104,7 @@ def test_optimize_for_decoding_keeps_values_ties_and_checkpoints(tmp_path: Path)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     assert optimize_for_decoding(model) is model
     optimize_for_decoding(model)  # twice is fine
-    assert model.fast_path_enabled
+    assert model.prepacked_enabled
     assert model.unembed.weight is model.embed.weight
     for name, value in model.state_dict().items():
         assert torch.equal(value, state[name]), name
@@ -113,7 +114,7 @@ def test_optimize_for_decoding_keeps_values_ties_and_checkpoints(tmp_path: Path)
     reloaded, _ = load_checkpoint(tmp_path / "ckpt")
     assert torch.equal(reloaded.unembed.weight, model.unembed.weight)
     bf16 = optimize_for_decoding(tiny_model().to(torch.bfloat16))
-    assert not bf16.fast_path_enabled  # float32 only
+    assert not bf16.prepacked_enabled  # float32 only
 
 
 def test_stop_strings_understand_shell_escapes() -> None:

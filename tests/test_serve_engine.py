@@ -55,12 +55,12 @@ async def run_engine(engine: Engine, prompts: list[list[int]], params: SamplingP
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast-path"])
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "prepacked"])
 def test_prompts_prefilled_together_get_their_one_by_one_tokens(family: str, fast: bool) -> None:
     tok = tiny_tokenizer()
     model = tiny_model(**(GPT2_LIKE if family == "gpt2" else {}))
     if fast:
-        model.enable_fast_path()
+        model.enable_prepacked()
     params = SamplingParams(max_new_tokens=10, temperature=0, ignore_eos=True)
     alone = [generate(model, tok, p, params, eos_token_ids=()).token_ids for p in PROMPTS]
     engine = Engine(model, tok, name="tiny", metrics=ServerMetrics(), max_batch=8)

@@ -60,12 +60,8 @@ def generate(
     """Generate text from MODEL, streaming it to the terminal as it is produced."""
     import torch
 
-    from lmscope.model.generate import (
-        GenerationError,
-        SamplingParams,
-        optimize_for_decoding,
-        stream,
-    )
+    from lmscope.model.generate import GenerationError, SamplingParams, stream
+    from lmscope.model.prepacked import optimize_for_decoding
     from lmscope.zoo.registry import load
 
     if threads is not None:

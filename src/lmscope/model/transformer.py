@@ -1,8 +1,10 @@
 """The canonical decoder-only transformer.
 
-One module, two paths:
-- the fast path (`forward`): scaled-dot-product attention and a KV cache, for training and
-  generation;
+One module, three paths:
+- the reference path (`forward`): scaled-dot-product attention and a KV cache, for training and
+  generation, any dtype and device;
+- the prepacked path (`enable_prepacked`, `lmscope.model.prepacked`): the same blocks with
+  float32 weights prepacked for oneDNN, used by `forward` for CPU inference once enabled;
 - the trace path (`run_with_trace`): explicit attention that records every internal quantity
   under TransformerLens-style hook names (see `lmscope.model.trace`).
 
@@ -22,8 +24,8 @@ from torch import nn
 
 from lmscope.model.cache import KVCache, SlotKVCache
 from lmscope.model.config import ModelConfig
-from lmscope.model.fast import FastPath, onednn_available
 from lmscope.model.positional import apply_rope, rope_tables, sinusoidal_table
+from lmscope.model.prepacked import PrepackedPath, onednn_available
 from lmscope.model.trace import Trace, TraceRecorder
 
 
@@ -108,7 +110,7 @@ class Attention(nn.Module):
             rec(name + "hook_rot_k", k.transpose(1, 2))
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        # The trace path mixes values with the same kernel as the fast path, so both give the
+        # The trace path mixes values with the same kernel as the reference path, so both give the
         # same residual stream bit for bit; the pattern is recorded from an explicit softmax.
         z = F.scaled_dot_product_attention(
             q,
@@ -240,7 +242,7 @@ class Transformer(nn.Module):
     sinusoid: torch.Tensor
     rope_cos: torch.Tensor
     rope_sin: torch.Tensor
-    _fast: FastPath | None = None  # prepacked inference weights, see enable_fast_path
+    _prepacked: PrepackedPath | None = None  # prepacked inference weights, see enable_prepacked
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -383,7 +385,7 @@ class Transformer(nn.Module):
         diag[torch.arange(positions_q), past + torch.arange(positions_q)] = True
         return (mask | diag[None])[:, None]
 
-    # ---- fast path ----------------------------------------------------------------------------
+    # ---- reference path ----------------------------------------------------------------------------
     def forward(
         self,
         tokens: torch.Tensor | None = None,
@@ -400,13 +402,13 @@ class Transformer(nn.Module):
         cache: a KVCache; new keys/values are appended and its length advanced. A SlotKVCache
         decodes one token for each of its active rows (continuous batching).
         """
-        fast = self._fast
-        if fast is not None and not self.training and not torch.is_grad_enabled():
-            if fast.is_current():
-                return fast.forward(
+        prepacked = self._prepacked
+        if prepacked is not None and not self.training and not torch.is_grad_enabled():
+            if prepacked.is_current():
+                return prepacked.forward(
                     self, tokens, input_embeds, positions, attention_mask, cache, last_only
                 )
-            self._fast = None  # a parameter changed since packing: the packed copy is stale
+            self._prepacked = None  # a parameter changed since packing: the packed copy is stale
         if isinstance(cache, SlotKVCache):
             return self._decode_slots(tokens, cache)
         past = cache.length if cache is not None else 0
@@ -463,8 +465,8 @@ class Transformer(nn.Module):
         return Trace(tokens=tokens, logits=logits, activations=rec.store, cfg=self.cfg)
 
     # ---- inference speed ------------------------------------------------------------------------
-    def enable_fast_path(self) -> bool:
-        """Prepack the weights for CPU inference (see `lmscope.model.fast`); True if enabled.
+    def enable_prepacked(self) -> bool:
+        """Prepack the weights for CPU inference (see `lmscope.model.prepacked`); True if enabled.
 
         Only float32 models on a CPU with oneDNN qualify; others keep the reference path. The
         packed copy costs as much memory as the weights. `forward` uses it when autograd is off
@@ -473,19 +475,23 @@ class Transformer(nn.Module):
         if self.device.type != "cpu" or self.dtype != torch.float32 or not onednn_available():
             return False
         with torch.no_grad():
-            self._fast = FastPath(self)
+            self._prepacked = PrepackedPath(self)
         return True
+
+    def disable_prepacked(self) -> None:
+        """Drop the packed copy (and its memory); `forward` takes the reference path again."""
+        self._prepacked = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the packed weights behind (oneDNN tensors cannot be
         copied); a copy re-packs when asked to."""
         state = self.__dict__.copy()
-        state.pop("_fast", None)
+        state.pop("_prepacked", None)
         return state
 
     @property
-    def fast_path_enabled(self) -> bool:
-        return self._fast is not None and self._fast.is_current()
+    def prepacked_enabled(self) -> bool:
+        return self._prepacked is not None and self._prepacked.is_current()
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from lmscope.model.generate import optimize_for_decoding
+from lmscope.model.prepacked import optimize_for_decoding
 from lmscope.serve.engine import PREFILL_CHUNK, Engine
 from lmscope.serve.errors import APIError
 from lmscope.serve.metrics import ServerMetrics

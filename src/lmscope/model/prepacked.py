@@ -1,6 +1,11 @@
-"""A lean inference path for float32 models on CPU: weights prepacked once for oneDNN.
+"""The prepacked path: a lean CPU inference path for float32 models, weights prepacked once
+for oneDNN.
 
-`Transformer.forward` is written for clarity and for every dtype and device; on a CPU its
+The model has three paths, each with one name: `Transformer.forward` is the reference path,
+this module is the prepacked path (`Transformer.enable_prepacked`, `optimize_for_decoding`),
+and `Transformer.run_with_trace` is the trace path.
+
+The reference path is written for clarity and for every dtype and device; on a CPU its
 one-token decoding step is bound by two things this module removes:
 
 - **Weight layout.** A BLAS call repacks the weight on every call when more than one row is
@@ -130,7 +135,7 @@ class _Layer:
         self.parallel = block.parallel
 
 
-class FastPath:
+class PrepackedPath:
     """Prepacked float32 weights of one Transformer and the lean forward that uses them."""
 
     def __init__(self, model: Transformer) -> None:
@@ -231,3 +236,14 @@ class FastPath:
         if layer.gated:
             hidden = layer.act(hidden[..., : layer.d_mlp]) * hidden[..., layer.d_mlp :]
         return layer.fc_out.add_to(hidden, mid)
+
+
+def optimize_for_decoding(model: Transformer) -> Transformer:
+    """Prepack a float32 CPU model's weights for fast generation, in place; returns the model.
+
+    About 1.5x faster single-stream and 2.5x faster batched decoding on a 2-core AVX2 machine
+    (see bench/model_speed.py). Parameters, state_dict and the trace path are untouched; other
+    dtypes and devices are left as they are. Safe to call twice.
+    """
+    model.enable_prepacked()
+    return model

@@ -14,7 +14,7 @@ from test_generate_fixtures import tiny_tokenizer
 from test_model import FAMILIES, make_model
 
 pytestmark = pytest.mark.skipif(
-    not make_model().enable_fast_path(), reason="oneDNN is not available in this torch build"
+    not make_model().enable_prepacked(), reason="oneDNN is not available in this torch build"
 )
 
 FAST_FAMILIES = {
@@ -29,7 +29,7 @@ def pair(family: str, **overrides: object) -> tuple[Transformer, Transformer]:
     """(reference, fast) copies of one model with non-trivial norms and biases."""
     reference = make_model(**{**FAST_FAMILIES[family], **overrides})
     fast = copy.deepcopy(reference)
-    assert fast.enable_fast_path()
+    assert fast.enable_prepacked()
     return reference, fast
 
 
@@ -40,7 +40,7 @@ def test_full_sequence_logits_match_the_reference(family: str) -> None:
     with torch.inference_mode():
         want, got = reference(tokens), fast(tokens)
         last = fast(tokens, last_only=True)
-    assert fast.fast_path_enabled
+    assert fast.prepacked_enabled
     assert (want - got).abs().max().item() < 1e-4
     assert torch.equal(last, got[:, -1:])
 
@@ -90,7 +90,7 @@ def test_greedy_generation_is_unchanged_on_a_real_tokenizer() -> None:
     tok = tiny_tokenizer()
     reference = make_model(vocab_size=len(tok), **FAMILIES["llama-like-gqa"])
     fast = copy.deepcopy(reference)
-    fast.enable_fast_path()
+    fast.enable_prepacked()
     prompts = ["The quick brown", "A", "Once upon a time there"]
     params = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
     want = generate_batch(reference, tok, prompts, params, eos_token_ids=())
@@ -106,17 +106,17 @@ def test_autograd_training_mode_and_changed_weights_use_the_reference_path() -> 
     torch.testing.assert_close(logits, reference(tokens), rtol=0, atol=0)
     fast.train()
     with torch.no_grad():
-        assert fast.fast_path_enabled
+        assert fast.prepacked_enabled
         torch.testing.assert_close(fast(tokens), reference.train()(tokens), rtol=0, atol=0)
     fast.eval()
     reference.eval()
     with torch.no_grad():
         for model in (reference, fast):
             model.blocks[1].mlp.fc_out.weight.mul_(-2.0)  # e.g. an optimizer step
-        assert not fast.fast_path_enabled  # the packed copy no longer matches
+        assert not fast.prepacked_enabled  # the packed copy no longer matches
         torch.testing.assert_close(fast(tokens), reference(tokens), rtol=0, atol=0)
-    assert fast._fast is None  # dropped, not kept around stale
-    assert fast.enable_fast_path() and fast.fast_path_enabled  # re-packing picks up the change
+    assert fast._prepacked is None  # dropped, not kept around stale
+    assert fast.enable_prepacked() and fast.prepacked_enabled  # re-packing picks up the change
     with torch.no_grad():
         assert (fast(tokens) - reference(tokens)).abs().max().item() < 1e-4
 
@@ -132,14 +132,14 @@ def test_packing_leaves_parameters_and_the_trace_path_alone() -> None:
             fast.run_with_trace(tokens).logits, reference.run_with_trace(tokens).logits
         )
     clone = copy.deepcopy(fast)  # oneDNN tensors do not copy: the copy starts unpacked
-    assert not clone.fast_path_enabled and fast.fast_path_enabled
+    assert not clone.prepacked_enabled and fast.prepacked_enabled
     pickled = pickle.loads(pickle.dumps(fast))  # torch.save(model) pickles the same way
-    assert not pickled.fast_path_enabled
+    assert not pickled.prepacked_enabled
     with torch.no_grad():
         torch.testing.assert_close(pickled(tokens), reference(tokens), rtol=0, atol=0)
 
 
 def test_other_dtypes_keep_the_reference_path() -> None:
     model = make_model().to(torch.bfloat16)
-    assert not model.enable_fast_path()
-    assert not model.fast_path_enabled
+    assert not model.enable_prepacked()
+    assert not model.prepacked_enabled
