@@ -25,7 +25,8 @@ from lmscope.explain.errors import ExplainInputError, check_position
 from lmscope.explain.heads import check_head, check_layer, head_label
 from lmscope.explain.results import JsonResult
 from lmscope.explain.trace import ResidKind, TraceView
-from lmscope.model.transformer import RMSNorm, Transformer
+from lmscope.model.layers import RMSNorm
+from lmscope.model.transformer import Transformer
 
 Decode = Callable[[int], str]
 

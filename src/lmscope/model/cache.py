@@ -1,4 +1,4 @@
-"""A preallocated key/value cache for incremental decoding."""
+"""Preallocated key/value caches for incremental decoding, and the attention masks over them."""
 
 from __future__ import annotations
 
@@ -137,3 +137,24 @@ class SlotKVCache:
 
     def advance(self, n: int) -> None:
         self.lengths[: self.n_active] += n
+
+
+def causal_mask(
+    attention_mask: torch.Tensor | None, positions_q: int, past: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean [b, 1, T, S] mask (True = may attend), or None where SDPA's causal flag does."""
+    total = past + positions_q
+    if attention_mask is None:
+        if past == 0 or positions_q == 1:
+            return None
+        return torch.ones(positions_q, total, dtype=torch.bool, device=device).tril(past)
+    if attention_mask.shape[-1] != total:
+        raise ValueError(
+            f"attention_mask covers {attention_mask.shape[-1]} positions, expected {total}"
+        )
+    causal = torch.ones(positions_q, total, dtype=torch.bool, device=device).tril(past)
+    mask = causal[None] & attention_mask[:, None, :].bool()
+    # A padded query row would otherwise see nothing (NaN); let it see itself.
+    diag = torch.zeros_like(causal)
+    diag[torch.arange(positions_q), past + torch.arange(positions_q)] = True
+    return (mask | diag[None])[:, None]

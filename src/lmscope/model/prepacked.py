@@ -36,7 +36,7 @@ from torch import nn
 from lmscope.model.cache import KVCache, SlotKVCache
 
 if TYPE_CHECKING:
-    from lmscope.model.transformer import Block, Transformer
+    from lmscope.model.transformer import Block, Rope, Transformer
 
 _ONEDNN_ACTIVATIONS = {  # our activation name -> oneDNN post-op (attr, algorithm)
     "gelu": ("gelu", "none"),
@@ -146,12 +146,8 @@ class PrepackedPath:
         self.norm_final = _Norm(model.ln_final, cfg.d_model)
         self.unembed = self.norm_final.folded_into(model.unembed)
         self.rotary = cfg.rotary_dim if cfg.positional == "rope" else 0
-        if self.rotary:
-            half = self.rotary // 2
-            cos, sin = model.rope_cos.float(), model.rope_sin.float()
-            # rotate_half(x) * sin == flip(x as [2, half]) * [-sin | +sin]
-            self.cos = cos.view(-1, 2, half)
-            self.sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1).view(-1, 2, half)
+        # rotate_half(x) * sin == flip(x as [2, half]) * [-sin | +sin]
+        self.sin_sign = torch.tensor([[-1.0], [1.0]])
         # Where each parameter is read from, to tell cheaply (~40 us) whether any changed.
         self._parameter_slots = [
             (module._parameters, name)
@@ -172,40 +168,25 @@ class PrepackedPath:
             if (param := params[name]) is not None
         ]
 
-    def forward(
+    def blocks(
         self,
-        model: Transformer,
-        tokens: torch.Tensor | None,
-        input_embeds: torch.Tensor | None,
-        positions: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
+        x: torch.Tensor,
+        rope: Rope | None,
+        mask: torch.Tensor | None,
         cache: KVCache | SlotKVCache | None,
-        last_only: bool,
     ) -> torch.Tensor:
-        if isinstance(cache, SlotKVCache):
-            if tokens is None or tokens.shape != (cache.n_active, 1):
-                raise ValueError(f"slot decoding takes tokens of shape ({cache.n_active}, 1)")
-            positions, slot_mask = cache.begin_decode()
-            x, positions = model._inputs(tokens, None, positions, 0, None)
-            mask: torch.Tensor | None = slot_mask
-        else:
-            past = cache.length if cache is not None else 0
-            x, positions = model._inputs(tokens, input_embeds, positions, past, None)
-            mask = model._mask(attention_mask, x.shape[1], past, x.device)
-        rope = self._rope(positions)
+        """The block stack on what `Transformer.forward` prepared: x [b, T, D] -> [b, T, D]."""
+        pairs = None
+        if rope is not None and self.rotary:
+            cos, sin = (t.transpose(1, 2).unflatten(-1, (2, -1)) for t in rope)  # [b, T, 1, 2, r/2]
+            pairs = cos, sin * self.sin_sign
         for layer in self.layers:
-            x = self._block(layer, x, rope, mask, cache)
-        if cache is not None:
-            cache.advance(x.shape[1])
-        if last_only:
-            x = x[:, -1:]
-        return self.unembed(self.norm_final(x))
+            x = self._block(layer, x, pairs, mask, cache)
+        return x
 
-    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if not self.rotary:
-            return None
-        # [b, T, 1 (heads), 2, half]
-        return self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and unembedding (the norm's weights folded in): [b, T, D] -> [b, T, V]."""
+        return self.unembed(self.norm_final(x))
 
     def _block(
         self,

@@ -22,39 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmscope.model.cache import KVCache, SlotKVCache
+from lmscope.model.cache import KVCache, SlotKVCache, causal_mask
 from lmscope.model.config import ModelConfig
+from lmscope.model.layers import ACTIVATIONS, make_norm
 from lmscope.model.positional import apply_rope, rope_tables, sinusoidal_table
 from lmscope.model.prepacked import PrepackedPath, onednn_available
 from lmscope.model.trace import Trace, TraceRecorder
 
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:  # same maths, two fewer ops per call on the hot path
-            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
-
-
-def make_norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.d_model, cfg.norm_eps)
-    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.norm_bias)
-
-
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-}
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin [b, 1, T, rotary_dim]
 
 
 class Attention(nn.Module):
@@ -85,7 +60,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: Rope | None,
         mask: torch.Tensor | None,
         cache: KVCache | SlotKVCache | None,
         rec: TraceRecorder | None,
@@ -193,6 +168,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """One layer: attention then MLP, each reading a normalised residual stream and adding
+    its output back. Parallel blocks (GPT-NeoX) feed both from the block's input."""
+
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
@@ -206,36 +184,37 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: Rope | None,
         mask: torch.Tensor | None,
         cache: KVCache | SlotKVCache | None,
-        rec: TraceRecorder | None,
+        rec: TraceRecorder | None = None,
     ) -> torch.Tensor:
-        name = f"blocks.{self.layer}."
-        if rec is not None:
-            rec(name + "hook_resid_pre", x)
-        h = self.ln1(x)
-        if rec is not None:
-            rec(name + "ln1.hook_normalized", h)
-        attn_out = self.attn(h, rope, mask, cache, rec)
-        if self.training:
-            attn_out = self.drop(attn_out)
+        h1 = self.ln1(x)
+        attn_out = self._dropout(self.attn(h1, rope, mask, cache, rec))
         mid = x + attn_out
-        if rec is not None:
-            rec(name + "hook_attn_out", attn_out)
-            # Parallel blocks: resid_mid is still resid_pre + attn_out, but the MLP reads resid_pre.
-            rec(name + "hook_resid_mid", mid)
         h2 = self.ln2(x if self.parallel else mid)
-        if rec is not None:
-            rec(name + "ln2.hook_normalized", h2)
-        mlp_out = self.mlp(h2, rec)
-        if self.training:
-            mlp_out = self.drop(mlp_out)
+        mlp_out = self._dropout(self.mlp(h2, rec))
         out = mid + mlp_out
         if rec is not None:
-            rec(name + "hook_mlp_out", mlp_out)
-            rec(name + "hook_resid_post", out)
+            # Parallel blocks: resid_mid is still resid_pre + attn_out, but the MLP read resid_pre.
+            values = (x, h1, attn_out, mid, h2, mlp_out, out)
+            for suffix, value in zip(_BLOCK_HOOKS, values, strict=True):
+                rec(f"blocks.{self.layer}.{suffix}", value)
         return out
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(x) if self.training else x  # no call at all at inference
+
+
+_BLOCK_HOOKS = (
+    "hook_resid_pre",
+    "ln1.hook_normalized",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "ln2.hook_normalized",
+    "hook_mlp_out",
+    "hook_resid_post",
+)
 
 
 class Transformer(nn.Module):
@@ -308,7 +287,7 @@ class Transformer(nn.Module):
             cfg.n_layers, slots, cfg.kv_heads, max_len, cfg.head_dim, self.dtype, self.device
         )
 
-    # ---- shared pieces ----------------------------------------------------------------------
+    # ---- inputs, shared by every path -------------------------------------------------------
     def _check_length(self, length: int) -> None:
         if length > self.cfg.n_ctx:
             raise ValueError(
@@ -319,6 +298,32 @@ class Transformer(nn.Module):
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings [b, T, D] (without positions), e.g. as a base for input saliency."""
         return self.embed(tokens)
+
+    def _prepare(
+        self,
+        tokens: torch.Tensor | None,
+        input_embeds: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        cache: KVCache | SlotKVCache | None,
+        rec: TraceRecorder | None,
+    ) -> tuple[torch.Tensor, Rope | None, torch.Tensor | None]:
+        """What every block reads: the embedded input x [b, T, D], the rotary tables for its
+        positions and the attention mask (None where SDPA's causal flag does)."""
+        past = 0
+        slot_mask: torch.Tensor | None = None
+        if isinstance(cache, SlotKVCache):  # one new token for each active row
+            if tokens is None or tokens.shape != (cache.n_active, 1):
+                raise ValueError(f"slot decoding takes tokens of shape ({cache.n_active}, 1)")
+            positions, slot_mask = cache.begin_decode()
+        elif cache is not None:
+            past = cache.length
+        x, positions = self._inputs(tokens, input_embeds, positions, past, rec)
+        if isinstance(cache, SlotKVCache):
+            mask = slot_mask
+        else:
+            mask = causal_mask(attention_mask, x.shape[1], past, x.device)
+        return x, self._rope(positions, x.dtype), mask
 
     def _inputs(
         self,
@@ -343,49 +348,25 @@ class Transformer(nn.Module):
         x = input_embeds
         if rec is not None:
             rec("hook_embed", x)
+        pos: torch.Tensor | None = None
         if self.pos_embed is not None:
             pos = self.pos_embed(positions)
-            if rec is not None:
-                rec("hook_pos_embed", pos)
-            x = x + pos
         elif self.cfg.positional == "sinusoidal":
             pos = self.sinusoid[positions].to(x.dtype)
+        if pos is not None:
             if rec is not None:
                 rec("hook_pos_embed", pos)
             x = x + pos
-        return self.drop(x), positions
+        return (self.drop(x) if self.training else x), positions
 
-    def _rope(
-        self, positions: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> Rope | None:
         if self.cfg.positional != "rope":
             return None
         cos = self.rope_cos[positions].to(dtype)[:, None]  # [b, 1, T, r]
         sin = self.rope_sin[positions].to(dtype)[:, None]
         return cos, sin
 
-    @staticmethod
-    def _mask(
-        attention_mask: torch.Tensor | None, positions_q: int, past: int, device: torch.device
-    ) -> torch.Tensor | None:
-        """Boolean [b, 1, T, S] mask (True = may attend), or None where SDPA's causal flag does."""
-        total = past + positions_q
-        if attention_mask is None:
-            if past == 0 or positions_q == 1:
-                return None
-            return torch.ones(positions_q, total, dtype=torch.bool, device=device).tril(past)
-        if attention_mask.shape[-1] != total:
-            raise ValueError(
-                f"attention_mask covers {attention_mask.shape[-1]} positions, expected {total}"
-            )
-        causal = torch.ones(positions_q, total, dtype=torch.bool, device=device).tril(past)
-        mask = causal[None] & attention_mask[:, None, :].bool()
-        # A padded query row would otherwise see nothing (NaN); let it see itself.
-        diag = torch.zeros_like(causal)
-        diag[torch.arange(positions_q), past + torch.arange(positions_q)] = True
-        return (mask | diag[None])[:, None]
-
-    # ---- reference path ----------------------------------------------------------------------------
+    # ---- reference path (and the hand-over to the prepacked path) -----------------------------
     def forward(
         self,
         tokens: torch.Tensor | None = None,
@@ -400,39 +381,22 @@ class Transformer(nn.Module):
 
         attention_mask: [b, past + T], 1 for real tokens and 0 for padding (left padding).
         cache: a KVCache; new keys/values are appended and its length advanced. A SlotKVCache
-        decodes one token for each of its active rows (continuous batching).
+        decodes one token for each of its active rows (continuous batching): tokens [n, 1].
+        With the prepacked path enabled (eval mode, autograd off) the blocks run prepacked.
         """
-        prepacked = self._prepacked
-        if prepacked is not None and not self.training and not torch.is_grad_enabled():
-            if prepacked.is_current():
-                return prepacked.forward(
-                    self, tokens, input_embeds, positions, attention_mask, cache, last_only
-                )
-            self._prepacked = None  # a parameter changed since packing: the packed copy is stale
-        if isinstance(cache, SlotKVCache):
-            return self._decode_slots(tokens, cache)
-        past = cache.length if cache is not None else 0
-        x, positions = self._inputs(tokens, input_embeds, positions, past, None)
-        mask = self._mask(attention_mask, x.shape[1], past, x.device)
-        rope = self._rope(positions, x.dtype)
-        for block in self.blocks:
-            x = block(x, rope, mask, cache, None)
+        x, rope, mask = self._prepare(tokens, input_embeds, positions, attention_mask, cache, None)
+        prepacked = self._current_prepacked()
+        if prepacked is not None:
+            x = prepacked.blocks(x, rope, mask, cache)
+        else:
+            for block in self.blocks:
+                x = block(x, rope, mask, cache)
         if cache is not None:
             cache.advance(x.shape[1])
         if last_only:
             x = x[:, -1:]
-        return self.unembed(self.ln_final(x))
-
-    def _decode_slots(self, tokens: torch.Tensor | None, cache: SlotKVCache) -> torch.Tensor:
-        """One decoding step for every active row of a SlotKVCache: tokens [n, 1] -> [n, 1, V]."""
-        if tokens is None or tokens.shape != (cache.n_active, 1):
-            raise ValueError(f"slot decoding takes tokens of shape ({cache.n_active}, 1)")
-        positions, mask = cache.begin_decode()
-        x, positions = self._inputs(tokens, None, positions, 0, None)
-        rope = self._rope(positions, x.dtype)
-        for block in self.blocks:
-            x = block(x, rope, mask, cache, None)
-        cache.advance(1)
+        if prepacked is not None:
+            return prepacked.logits(x)
         return self.unembed(self.ln_final(x))
 
     # ---- trace path ---------------------------------------------------------------------------
@@ -454,9 +418,7 @@ class Transformer(nn.Module):
             tokens = tokens[None]
         rec = TraceRecorder(names)
         with torch.set_grad_enabled(grad):
-            x, positions = self._inputs(tokens, None, None, 0, rec)
-            mask = self._mask(attention_mask, x.shape[1], 0, x.device)
-            rope = self._rope(positions, x.dtype)
+            x, rope, mask = self._prepare(tokens, None, None, attention_mask, None, rec)
             for block in self.blocks:
                 x = block(x, rope, mask, None, rec)
             normalized = self.ln_final(x)
@@ -481,6 +443,16 @@ class Transformer(nn.Module):
     def disable_prepacked(self) -> None:
         """Drop the packed copy (and its memory); `forward` takes the reference path again."""
         self._prepacked = None
+
+    def _current_prepacked(self) -> PrepackedPath | None:
+        """The prepacked path where it may answer: enabled, eval mode, no autograd, fresh."""
+        prepacked = self._prepacked
+        if prepacked is None or self.training or torch.is_grad_enabled():
+            return None
+        if not prepacked.is_current():
+            self._prepacked = None  # a parameter changed since packing: the packed copy is stale
+            return None
+        return prepacked
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the packed weights behind (oneDNN tensors cannot be
