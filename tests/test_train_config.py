@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from lmscope.train.config import ScheduleSection, TrainConfig, apply_overrides, load_config
+from lmscope.train.config_keys import config_keys, validate_override
 from lmscope.train.errors import TrainConfigError
 from lmscope.train.schedules import Schedule
 
@@ -68,11 +70,97 @@ def test_load_with_overrides(tmp_path: Path) -> None:
         (["optim.lr"], "must look like section.key=value"),
         (["optim.lr.x=1"], "optim.lr must be a number"),
         (["optim=3"], "optim must be a mapping"),
+        # nested unknown keys name the full dotted key and the keys valid at that level
+        (
+            ["finetune.lora.rank=4"],
+            r"unknown config key 'finetune.lora.rank'.*known keys here: r, alpha",
+        ),
+        (["eval.every_steps=4"], r"unknown config key 'eval.every_steps'.*did you mean"),
+        (["data.block_size=64"], r"did you mean 'data.context'"),
+        # wrong types, one line naming the key and the value
+        (["train.batch_size=true"], r"train.batch_size must be a number, got True"),
+        (["train.batch_size=2.5"], r"train.batch_size must be a whole number, got 2.5"),
+        (["train.max_steps=many"], r"train.max_steps must be an integer, got 'many'"),
+        (["data.pack=3"], r"data.pack must be true or false, got 3"),
+        (["optim.betas=[0.9, x]"], r"optim.betas\[1\] must be a number, got 'x'"),
+        (["optim.lr=.nan"], "optim.lr must be a finite number"),
+        (["finetune.lora=5"], "finetune.lora must be a mapping of keys, got 5"),
+        (["finetune.lora.targets=[]"], "finetune.lora.targets must have at least 1"),
+        (["log.mlflow=maybe"], r"log.mlflow must be one of 'auto', 'on' or 'off'"),
+        (["sample.chat=sometimes"], r"sample.chat must be one of"),
+        (["model.n_heads=two"], r"model.n_heads must be an integer, got 'two'"),
+        (["out_dir="], "out_dir must not be empty"),
     ],
 )
 def test_bad_configs_are_clear_errors(tmp_path: Path, overrides: list[str], message: str) -> None:
     with pytest.raises(TrainConfigError, match=message):
         load_config(write(tmp_path, BASE), overrides)
+
+
+def test_every_error_is_one_line(tmp_path: Path) -> None:
+    for override in ("finetune.lora.rank=4", "train.batch_size=x", "optim.betas=[1, 2, 3]"):
+        with pytest.raises(TrainConfigError) as info:
+            load_config(write(tmp_path, BASE), [override])
+        assert "\n" not in str(info.value), override
+
+
+def test_yaml_quirks_are_read_as_meant(tmp_path: Path) -> None:
+    # YAML 1.1 reads 1e-3 (no dot) as a string and unquoted off as false; both mean what they say
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        yaml.safe_dump(BASE) + "optim: {lr: 1e-3}\nlog: {mlflow: off}\nsample: {prompts: Hi}\n"
+    )
+    cfg = load_config(path, ["model.init_std=1e-3"])
+    assert cfg.optim.lr == 1e-3 and cfg.log.mlflow == "off" and cfg.sample.prompts == ["Hi"]
+    assert cfg.model["init_std"] == 1e-3  # a float for ModelConfig, not the string "1e-3"
+
+
+def test_assignment_is_validated(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, BASE))
+    cfg.train.batch_size = 4
+    with pytest.raises(ValueError, match="batch_size"):
+        cfg.train.batch_size = 0
+
+
+def test_config_keys_list_every_setting() -> None:
+    keys = config_keys()
+    for key in ("optim.lr", "train.max_steps", "finetune.lora.r", "model.d_model", "out_dir"):
+        assert key in keys
+    assert "optim" not in keys and "finetune.lora" not in keys  # sections are not settings
+    assert len(keys) == len(set(keys))
+    # every listed key (but the free-form model ones) round-trips through the config
+    defaults = TrainConfig().to_dict()
+    for key in keys:
+        if key.startswith("model."):
+            continue
+        node = defaults
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node[part] if node[part] is not None else {}
+        value = node.get(parts[-1]) if isinstance(node, dict) else None
+        if value is not None:
+            assert validate_override(f"{key}={json.dumps(value)}")[0] == key
+
+
+def test_validate_override() -> None:
+    assert validate_override("optim.lr=1e-3") == ("optim.lr", 1e-3)
+    assert validate_override("finetune.lora.targets=attn.qkv") == (
+        "finetune.lora.targets",
+        ["attn.qkv"],
+    )
+    assert validate_override("model.n_heads=4") == ("model.n_heads", 4)
+    with pytest.raises(TrainConfigError, match=r"did you mean 'optim.lr'"):
+        validate_override("optim.lrr=1")
+    with pytest.raises(TrainConfigError, match=r"did you mean 'model.d_model'"):
+        validate_override("model.d_modl=1")
+    with pytest.raises(TrainConfigError, match=r"optim.lr must be a positive number"):
+        validate_override("optim.lr=0")
+    with pytest.raises(TrainConfigError, match="not a settable config key"):
+        validate_override("optim=3")
+    # combinations are only checked against a whole config
+    assert validate_override("model.n_heads=3")[1] == 3
+    with pytest.raises(TrainConfigError, match=r"n_heads \(3\) must divide d_model"):
+        validate_override("model.n_heads=3", BASE)
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

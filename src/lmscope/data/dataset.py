@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lmscope.data.errors import DataError
-from lmscope.model.files import atomic_path
+from lmscope.files import atomic_path
 
 IGNORE_INDEX = -100
 

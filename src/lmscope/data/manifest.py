@@ -13,7 +13,7 @@ from typing import Any
 
 from lmscope import __version__
 from lmscope.data.errors import DataError
-from lmscope.model.files import atomic_write_text
+from lmscope.files import atomic_write_text
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1

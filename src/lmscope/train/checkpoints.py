@@ -16,11 +16,10 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from lmscope.model.files import atomic_write_text
+from lmscope.files import atomic_write_text, new_temp_dir
 from lmscope.train.errors import CheckpointWriteError
 from lmscope.train.state import TRAINER_STATE
 
@@ -58,7 +57,7 @@ class CheckpointManager:
         tmp: Path | None = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=self.root))
+            tmp = new_temp_dir(f".tmp-{final.name}-", self.root)
             write(tmp)
             if not (tmp / TRAINER_STATE).is_file():
                 raise RuntimeError(f"checkpoint writer left no {TRAINER_STATE}")

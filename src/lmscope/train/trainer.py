@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from lmscope.data.dataset import IGNORE_INDEX, TokenSplit
 from lmscope.data.errors import DataError
 from lmscope.data.manifest import read_manifest
 from lmscope.data.tokenizer import TextTokenizer
-from lmscope.model.files import atomic_write_text
+from lmscope.files import atomic_write_text, new_temp_dir
 from lmscope.model.modes import eval_mode
 from lmscope.model.transformer import Transformer
 from lmscope.train import distributed as dist
@@ -576,7 +575,7 @@ class Trainer:
             "hardware": hardware(self.device, self.precision, self.dist.world_size),
             "finetune": {
                 "init_from": c.init_from,
-                "lora": None if c.finetune.lora is None else c.finetune.lora.__dict__,
+                "lora": None if c.finetune.lora is None else c.finetune.lora.model_dump(),
                 "freeze_layers": c.finetune.freeze_layers,
                 "freeze_embeddings": c.finetune.freeze_embeddings,
                 "unfreeze_every": c.finetune.unfreeze_every,
@@ -631,7 +630,7 @@ class Trainer:
             model = merge_lora(self.peft) if self.config.finetune.merge_lora else None
         if model is None:
             return None, adapter_dir
-        tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=self.out_dir))
+        tmp = new_temp_dir(".model.", self.out_dir)
         try:
             save_checkpoint(model, tmp, tokenizer=self.hf_tokenizer, metadata=_json_safe(metadata))
             target = self.out_dir / "model"
