@@ -25,6 +25,7 @@ from lmscope.explain import (
 )
 from lmscope.explain.errors import ExplainInputError, TargetOutOfRangeError
 from lmscope.explain.lens import head_output, lens_nodes, promotions_at, update_logits
+from lmscope.explain.neurons import neuron_importances
 from test_explain_support import FAMILIES, tiny_model, tokens
 
 T = 8
@@ -181,6 +182,34 @@ def test_neurons_match_the_explicit_decomposition(setup) -> None:  # type: ignor
             assert n.importance == pytest.approx(v, abs=1e-6)
         assert top.residual == pytest.approx(float(imp[m]), abs=1e-6)
         assert top.to_dict()["neurons"][0]["label"] == f"L1N{top.neurons[0].neuron}"
+
+
+def test_neuron_importances_match_a_float64_brute_force(setup) -> None:  # type: ignore[no-untyped-def]
+    """Every neuron's share, the residual's and the bias's, from the definition in float64:
+    prox = max(||y|| - ||y - part||, 0) with y = resid_post, one norm difference per part."""
+    model, full, view = setup
+    layer, pos = 1, 5
+    mlp = model.blocks[layer].mlp
+    whole = full[f"blocks.{layer}.hook_resid_post"][0, pos].double()
+    hidden = full[f"blocks.{layer}.mlp.hook_post"][0, pos].double()
+    w_out = mlp.fc_out.weight.detach().double()  # [D, M]
+    parts = [hidden[k] * w_out[:, k] for k in range(hidden.numel())]
+    parts.append(full[f"blocks.{layer}.hook_resid_mid"][0, pos].double())
+    if mlp.fc_out.bias is not None:
+        parts.append(mlp.fc_out.bias.detach().double())
+    for order, norm in ((1, "l1"), (2, "l2")):
+        size = float(torch.linalg.vector_norm(whole, order))
+        prox = [max(size - float(torch.linalg.vector_norm(whole - p, order)), 0.0) for p in parts]
+        shares = [v / sum(prox) for v in prox]
+        got = neuron_importances(view, layer, pos, norm)
+        m = hidden.numel()
+        assert got["neurons"].tolist() == pytest.approx(shares[:m], abs=2e-6)
+        assert float(got["residual"]) == pytest.approx(shares[m], abs=2e-6)
+        bias = shares[m + 1] if len(shares) > m + 1 else 0.0
+        assert float(got["bias"]) == pytest.approx(bias, abs=2e-6)
+        top = top_neurons(view, layer, position=pos, k=3, norm=norm)
+        best = sorted(range(m), key=lambda k: -shares[k])[:3]
+        assert [n.neuron for n in top.neurons] == best
 
 
 def test_lens_and_heads_on_a_lean_trace() -> None:

@@ -17,9 +17,11 @@ from lmscope.explain.decompose import (
 from lmscope.explain.errors import (
     EmptyPromptError,
     ExplainInputError,
+    ExplanationCancelled,
     PromptTooLongError,
     TargetOutOfRangeError,
     ThresholdError,
+    UnsupportedModelError,
 )
 from lmscope.explain.export import save, write_graphml, write_json
 from lmscope.explain.flow import FlowGraph, compute_flow
@@ -62,6 +64,7 @@ __all__ = [
     "EmptyPromptError",
     "ExplainInputError",
     "Explanation",
+    "ExplanationCancelled",
     "FlowGraph",
     "HeadContributions",
     "HeadMap",
@@ -76,6 +79,7 @@ __all__ = [
     "ThresholdError",
     "TraceView",
     "Trajectory",
+    "UnsupportedModelError",
     "attention_decomposition",
     "attention_pattern",
     "attention_rollout",

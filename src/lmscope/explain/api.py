@@ -15,7 +15,14 @@ from typing import Any, Protocol
 
 import torch
 
-from lmscope.explain.errors import EmptyPromptError, check_position, check_tau, check_tokens
+from lmscope.explain.budget import ShouldStop, check_cancelled
+from lmscope.explain.errors import (
+    EmptyPromptError,
+    check_model,
+    check_position,
+    check_tau,
+    check_tokens,
+)
 from lmscope.explain.flow import FlowGraph, compute_flow
 from lmscope.explain.heads import head_importance, top_heads
 from lmscope.explain.lens import (
@@ -141,19 +148,22 @@ def explain(
     k: int = 10,
     saliency: bool = True,
     name: str | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Explanation:
     """Trace the prompt once and explain the prediction at position `target`.
 
-    model: a canonical Transformer, or a loaded model with `.model` and `.tokenizer`.
+    model: a canonical Transformer, or a loaded model with `.model` and `.tokenizer` (a Hugging
+        Face model must be converted first with `lmscope.zoo.hf.from_hf`).
     target: the token position whose final residual (and next-token prediction) is explained.
     tau: route threshold in [0, 1]; renormalise: see `lmscope.explain.routes`.
+    should_stop: checked between stages; True raises ExplanationCancelled.
     """
-    if hasattr(model, "model") and hasattr(model, "tokenizer"):
+    if isinstance(getattr(model, "model", None), Transformer) and hasattr(model, "tokenizer"):
         loaded: Any = model
         tokenizer = tokenizer or loaded.tokenizer
         name = name or getattr(loaded, "name", None)
         model = loaded.model
-    assert isinstance(model, Transformer)
+    check_model(model, Transformer)
     tau = check_tau(tau)
     norm_order(norm)
     ids = encode(tokenizer, prompt)
@@ -165,7 +175,7 @@ def explain(
 
     timings: dict[str, float] = {}
     clock = _Clock(timings)
-    view = TraceView(model, record(model, ids))
+    view = TraceView(model, record(model, ids, should_stop=should_stop))
     clock.lap("trace")
     return explain_view(
         view,
@@ -179,6 +189,7 @@ def explain(
         prompt=prompt if isinstance(prompt, str) else None,
         name=name,
         timings=timings,
+        should_stop=should_stop,
     )
 
 
@@ -197,11 +208,13 @@ def explain_view(
     prompt: str | None = None,
     name: str | None = None,
     timings: dict[str, float] | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Explanation:
     """`explain` from an existing trace (a `record` run) and, optionally, its flow for `norm`:
     what a server that caches traces calls for every click.
 
     saliency_token: the token gradient x input explains (default: the top prediction).
+    should_stop: checked between stages; True raises ExplanationCancelled.
     """
     tau = check_tau(tau)
     norm_order(norm)
@@ -213,7 +226,7 @@ def explain_view(
     clock = _Clock(timings)
     strs = [decoder(t) for t in ids]
     if flow is None:
-        flow = compute_flow(model, view, norm=norm, token_strs=strs)
+        flow = compute_flow(model, view, norm=norm, token_strs=strs, should_stop=should_stop)
     elif flow.norm != norm:
         raise ValueError(f"the flow given was computed with norm {flow.norm!r}, not {norm!r}")
     elif flow.token_strs is None:
@@ -221,6 +234,7 @@ def explain_view(
     clock.lap("flow")
     routes = flow.routes(target, tau, renormalise=renormalise)
     clock.lap("routes")
+    check_cancelled(should_stop, "the explanation")
 
     logits = view.trace.logits[view.batch, target].float().cpu()
     probs = torch.softmax(logits.double(), -1).float()
@@ -240,7 +254,7 @@ def explain_view(
     attributions = [attention_rollout(view, target)]
     if saliency:
         token = prediction[0].token if saliency_token is None else saliency_token
-        attributions.insert(0, gradient_x_input(model, ids, target, token))
+        attributions.insert(0, gradient_x_input(model, ids, target, token, should_stop=should_stop))
     clock.lap("saliency")
     return Explanation(
         model=name or "model",

@@ -1,4 +1,5 @@
-"""Errors for bad explain input: each is a ValueError whose message says what to do."""
+"""Errors of the explainers: bad input (ValueErrors whose message says what to do), a model
+they cannot read, and cancellation."""
 
 from __future__ import annotations
 
@@ -56,3 +57,29 @@ def check_tokens(n_tokens: int, n_ctx: int) -> None:
             f"the prompt has {n_tokens} tokens but the model's context window is {n_ctx}; "
             f"shorten the prompt to at most {n_ctx} tokens"
         )
+
+
+class ExplanationCancelled(RuntimeError):
+    """The caller's `should_stop` asked an explanation to stop (a client left or timed out)."""
+
+
+class UnsupportedModelError(TypeError):
+    """A model object the explainers cannot read (e.g. a Hugging Face model not yet converted)."""
+
+
+def check_model(model: object, expected: type) -> None:
+    """Raise UnsupportedModelError unless `model` is an instance of `expected` (the canonical
+    Transformer; passed in so that this module imports nothing from the model)."""
+    if isinstance(model, expected):
+        return
+    kind = type(model)
+    if any(c.__module__.split(".")[0] == "transformers" for c in kind.__mro__):
+        raise UnsupportedModelError(
+            f"explain() was given a Hugging Face {kind.__name__}; convert it first with "
+            "lmscope.zoo.hf.from_hf(model) (or load a checkpoint directory with "
+            "lmscope.zoo.registry.load(path)) and explain the result"
+        )
+    raise UnsupportedModelError(
+        f"explain() needs an lmscope Transformer or a loaded model (lmscope.zoo.registry.load), "
+        f"got {kind.__module__}.{kind.__name__}"
+    )

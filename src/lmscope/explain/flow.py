@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from lmscope.explain.budget import ShouldStop, check_cancelled
 from lmscope.explain.proximity import norm_order, normalise, proximity
 from lmscope.explain.results import JsonResult, rounded
 from lmscope.explain.trace import TraceView
@@ -232,6 +233,7 @@ def compute_flow(
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     head_dtype: torch.dtype | None = None,
     token_strs: list[str] | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> FlowGraph:
     """Importances of every block part, for every layer and token of a traced prompt.
 
@@ -239,6 +241,7 @@ def compute_flow(
     chunk_elements: elements per chunk of (target, source, head, d_model) parts; bounds memory.
     head_dtype: storage of the per-head importances; default float32, or float16 when the
         [L, T, T, H] tensor would exceed 256 MB (long prompts).
+    should_stop: checked before every layer; True raises ExplanationCancelled.
     """
     norm_order(norm)
     view = trace if isinstance(trace, TraceView) else TraceView(model, trace)
@@ -256,6 +259,7 @@ def compute_flow(
 
     with torch.no_grad():
         for layer in range(n_layers):
+            check_cancelled(should_stop, "the information-flow computation")
             # Attention block: whole = resid_mid.
             pre, mid = view.resid_pre(layer), view.resid_mid(layer)
             heads = head_proximities(

@@ -6,18 +6,27 @@ learned, are added inside the model and are not attributed). A token's attributi
 d_model of (gradient x input), so attributions are signed.
 
 Integrated gradients uses the midpoint rule over n_steps points between a baseline (zeros by
-default) and the input, batched `batch_size` points at a time; `delta` reports the completeness
-gap sum(attributions) - (score(input) - score(baseline)), which shrinks as n_steps grows.
+default) and the input, a few points per forward/backward pass: as many as fit `memory_budget`
+bytes of activations (see `lmscope.explain.budget`), at most `batch_size`. `delta` reports the
+completeness gap sum(attributions) - (score(input) - score(baseline)), which shrinks as n_steps
+grows. `should_stop` is checked before every pass; returning True raises ExplanationCancelled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from lmscope.explain.budget import (
+    DEFAULT_MEMORY_BUDGET,
+    ShouldStop,
+    check_cancelled,
+    points_per_batch,
+    release_memory,
+)
 from lmscope.explain.errors import ExplainInputError, check_position, check_tokens
 from lmscope.explain.results import JsonResult
 from lmscope.explain.trace import TraceView, to_tokens
@@ -99,11 +108,14 @@ def gradient_x_input(
     target: int | None = None,
     foil: int | None = None,
     score: Score = "logit",
+    *,
+    should_stop: ShouldStop | None = None,
 ) -> Attribution:
     """Gradient x input of the score at `position` w.r.t. each input token embedding."""
     t, position = _setup(model, tokens, position)
     _check_token(model, target, "target")
     _check_token(model, foil, "foil")
+    check_cancelled(should_stop, "gradient x input")
     with eval_mode(model):
         if target is None:
             target = _default_target(model, t)
@@ -132,43 +144,51 @@ def integrated_gradients(
     foil: int | None = None,
     score: Score = "logit",
     n_steps: int = 32,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     baseline: torch.Tensor | int | None = None,
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    should_stop: ShouldStop | None = None,
 ) -> Attribution:
-    """Integrated gradients (midpoint rule, `n_steps` points, batched) from a baseline.
+    """Integrated gradients (midpoint rule, `n_steps` points) from a baseline.
 
     baseline: None for zero embeddings, a token id (its embedding at every position, e.g. a pad
     token), or a tensor of embeddings [T, D]. With RMSNorm and no learned positions, the zero
     baseline puts the steepest change of the path near zero and needs more steps: check `delta`.
+    batch_size: the most points per pass (default: as many as `memory_budget` bytes allow; one
+    point is always allowed). should_stop: checked before every pass (see module docstring).
     """
-    if n_steps < 1 or batch_size < 1:
+    if n_steps < 1 or (batch_size is not None and batch_size < 1):
         raise ExplainInputError("n_steps and batch_size must be at least 1")
+    if memory_budget < 1:
+        raise ExplainInputError(
+            f"memory_budget must be a positive number of bytes, got {memory_budget}"
+        )
     t, position = _setup(model, tokens, position)
     _check_token(model, target, "target")
     _check_token(model, foil, "foil")
-    with eval_mode(model):
-        if target is None:
-            target = _default_target(model, t)
-        x = model.embed_tokens(t).detach()  # [1, T, D]
-        if baseline is None:
-            x0 = torch.zeros_like(x)
-        elif isinstance(baseline, int):
-            _check_token(model, baseline, "baseline")
-            x0 = model.embed_tokens(torch.full_like(t, baseline)).detach()
-        else:
-            x0 = baseline.to(x)[..., : t.shape[1], :].reshape(x.shape)
-        delta_x = x - x0
-        alphas = (torch.arange(n_steps, dtype=x.dtype, device=x.device) + 0.5) / n_steps
-        total_grad = torch.zeros_like(x[0])
-        with torch.enable_grad():
-            for a in alphas.split(batch_size):
-                points = (x0 + a[:, None, None] * delta_x).requires_grad_(True)  # [b, T, D]
-                value = _forward_scores(model, points, target, foil, score)
-                (grad,) = torch.autograd.grad(value.sum(), points)
-                total_grad += grad.sum(0)
-        attr = (delta_x[0] * total_grad / n_steps).sum(-1)
-        with torch.no_grad():
-            ends = _forward_scores(model, torch.cat([x, x0]), target, foil, score)
+    if isinstance(baseline, int):
+        _check_token(model, baseline, "baseline")
+    check_cancelled(should_stop, "integrated gradients")
+    batch = points_per_batch(model.cfg, t.shape[1], model.dtype, memory_budget, batch_size)
+    try:
+        with eval_mode(model):
+            if target is None:
+                target = _default_target(model, t)
+            x = model.embed_tokens(t).detach()  # [1, T, D]
+            if baseline is None:
+                x0 = torch.zeros_like(x)
+            elif isinstance(baseline, int):
+                x0 = model.embed_tokens(torch.full_like(t, baseline)).detach()
+            else:
+                x0 = baseline.to(x)[..., : t.shape[1], :].reshape(x.shape)
+            score_of = _scorer(model, target, foil, score)
+            total_grad = _path_gradient(score_of, x0, x - x0, n_steps, batch, should_stop)
+            attr = ((x - x0)[0] * total_grad / n_steps).sum(-1)
+            with torch.no_grad():
+                ends = score_of(torch.cat([x, x0]))
+    finally:
+        release_memory()
     gap = float(ends[0] - ends[1])
     return Attribution(
         "integrated_gradients",
@@ -180,6 +200,7 @@ def integrated_gradients(
         score,
         {
             "n_steps": n_steps,
+            "batch_size": batch,
             "baseline": "zeros"
             if baseline is None
             else f"token {baseline}"
@@ -190,6 +211,34 @@ def integrated_gradients(
             "delta": float(attr.sum()) - gap,
         },
     )
+
+
+def _scorer(
+    model: Transformer, target: int, foil: int | None, score: str
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda embeds: _forward_scores(model, embeds, target, foil, score)
+
+
+def _path_gradient(
+    score_of: Callable[[torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    delta_x: torch.Tensor,
+    n_steps: int,
+    batch: int,
+    should_stop: ShouldStop | None,
+) -> torch.Tensor:
+    """Sum over the midpoints x0 + a * delta_x of the score's gradient, `batch` points per pass;
+    nothing but the running sum outlives a pass, so a cancellation frees everything."""
+    alphas = (torch.arange(n_steps, dtype=x0.dtype, device=x0.device) + 0.5) / n_steps
+    total = torch.zeros_like(x0[0])
+    with torch.enable_grad():
+        for a in alphas.split(batch):
+            check_cancelled(should_stop, "integrated gradients")
+            points = (x0 + a[:, None, None] * delta_x).requires_grad_(True)  # [b, T, D]
+            (grad,) = torch.autograd.grad(score_of(points).sum(), points)
+            total += grad.sum(0)
+            del points, grad
+    return total
 
 
 def attention_rollout(view: TraceView, position: int = -1, residual: float = 0.5) -> Attribution:

@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from lmscope.explain.budget import ShouldStop, check_cancelled
 from lmscope.explain.errors import check_tokens
 from lmscope.model.modes import eval_mode
 from lmscope.model.trace import Trace
@@ -56,15 +57,21 @@ def to_tokens(tokens: torch.Tensor | Sequence[int]) -> torch.Tensor:
 
 
 def record(
-    model: Transformer, tokens: torch.Tensor | Sequence[int], *, neurons: bool = True
+    model: Transformer,
+    tokens: torch.Tensor | Sequence[int],
+    *,
+    neurons: bool = True,
+    should_stop: ShouldStop | None = None,
 ) -> Trace:
     """Run the trace path on one sequence, keeping what the explainers need.
 
     neurons: also keep the MLP hidden activations (`mlp.hook_post`, needed for neuron
     attribution); leave it off to save memory on long prompts.
+    should_stop: checked once before the forward pass (see `lmscope.explain.budget`).
     """
     t = to_tokens(tokens).to(model.device)
     check_tokens(t.shape[1], model.cfg.n_ctx)
+    check_cancelled(should_stop, "tracing the prompt")
     with eval_mode(model):
         return model.run_with_trace(t, names=keeps(neurons))
 
