@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,17 @@ def test_failed_save_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.Mo
         save_checkpoint(model, tmp_path, tokenizer=BrokenTokenizer())  # type: ignore[arg-type]
     assert leftovers(tmp_path) == []
     assert not (tmp_path / "tokenizer.json").exists()
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path: Path) -> None:
+    """Checkpoints are shared (a team directory, a model server's user): 0o600 files were not."""
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tiny_model(), tmp_path / "ckpt", metadata={"note": "x"})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes
 
 
 class _Marker:

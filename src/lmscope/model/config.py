@@ -162,7 +162,7 @@ class ModelConfig:
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
-        from lmscope.model.files import atomic_write_text
+        from lmscope.files import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True))
 

@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from lmscope.files import atomic_write_text, new_temp_dir
+from lmscope.files import atomic_write_text, new_temp_dir, replace_dir
 from lmscope.train.errors import CheckpointWriteError
 from lmscope.train.state import TRAINER_STATE
 
@@ -62,13 +62,7 @@ class CheckpointManager:
             if not (tmp / TRAINER_STATE).is_file():
                 raise RuntimeError(f"checkpoint writer left no {TRAINER_STATE}")
             _fsync_tree(tmp)
-            if final.exists():  # the same step written again after a resume
-                aside = self.root / f".old-{final.name}-{os.getpid()}"
-                os.replace(final, aside)
-                os.replace(tmp, final)
-                shutil.rmtree(aside, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            replace_dir(tmp, final)  # the same step may be written again after a resume
             tmp = None
             pointer = json.dumps({"step": step, "dir": final.name})
             atomic_write_text(self.root / LATEST, pointer)

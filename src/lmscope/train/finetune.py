@@ -8,9 +8,7 @@ one every `unfreeze_every` steps, so what is trainable is a pure function of the
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmscope.files import new_temp_dir, replace_dir
 from lmscope.model.transformer import Transformer
 from lmscope.train.config import FinetuneSection, LoraSection
 from lmscope.train.errors import ResumeError, TrainConfigError
@@ -140,7 +139,7 @@ def save_adapter(peft_model: Any, directory: Path) -> Path:
     replacing `directory` only once the new files are complete."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = new_temp_dir(f".{directory.name}.", directory.parent)
     try:
         peft_model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
         replace_dir(tmp, directory)
@@ -186,16 +185,3 @@ def merge_lora(peft_model: Any) -> Transformer:
 
 def read_adapter_config(directory: Path) -> dict[str, Any]:
     return dict(json.loads((Path(directory) / ADAPTER_CONFIG).read_text()))
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Move directory `new` to `target`. An existing `target` is first renamed aside and deleted
-    only after the move, so at every moment one complete copy exists."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -33,7 +33,7 @@ from lmscope.data.dataset import IGNORE_INDEX, TokenSplit
 from lmscope.data.errors import DataError
 from lmscope.data.manifest import read_manifest
 from lmscope.data.tokenizer import TextTokenizer
-from lmscope.files import atomic_write_text, new_temp_dir
+from lmscope.files import atomic_write_text, new_temp_dir, replace_dir
 from lmscope.model.modes import eval_mode
 from lmscope.model.transformer import Transformer
 from lmscope.train import distributed as dist
@@ -47,7 +47,6 @@ from lmscope.train.finetune import (
     apply_lora,
     load_adapter_weights,
     merge_lora,
-    replace_dir,
     save_adapter,
 )
 from lmscope.train.loggers import MetricLoggers

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmscope.files import atomic_write, atomic_write_text
 from lmscope.model.config import ModelConfig
-from lmscope.model.files import atomic_write, atomic_write_text
 from lmscope.model.transformer import Transformer
 from lmscope.zoo.errors import CheckpointError
 

@@ -12,12 +12,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from platformdirs import user_cache_dir
+
+from lmscope.files import new_temp_dir, replace_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 CACHE_ENV = "LMSCOPE_CACHE"
@@ -92,19 +93,13 @@ class EmbeddedModel:
         final.parent.mkdir(parents=True, exist_ok=True)
         print(f"lmscope: converting {source.name} into {final} (first use only)", file=sys.stderr)
         model, tokenizer = from_gguf(source)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.", dir=final.parent))
+        tmp = new_temp_dir(f".{self.name}.", final.parent)
         try:
             save_checkpoint(
                 model, tmp, tokenizer=tokenizer, metadata={"name": self.name, "source": str(source)}
             )
             (tmp / "lmscope-source.json").write_text(json.dumps(self._stamp()))
-            old = None
-            if final.exists():
-                old = final.with_name(f".{self.name}.old.{os.getpid()}")
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp)
