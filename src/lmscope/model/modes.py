@@ -10,10 +10,12 @@ from torch import nn
 
 @contextlib.contextmanager
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put `module` in eval mode (no dropout) for the block; restore its previous mode after."""
-    was_training = module.training
+    """Put `module` in eval mode (no dropout) for the block; restore every submodule's previous
+    mode after (a model with some parts in eval mode, e.g. frozen ones, keeps them so)."""
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         yield module
     finally:
-        module.train(was_training)
+        for m, training in modes:  # parents come first, so children end in their own mode
+            m.train(training)
