@@ -1,4 +1,8 @@
-"""One error shape for every failure: the OpenAI error object."""
+"""One error shape for every failure: the OpenAI error object.
+
+`param` always comes from structure (a FieldError's `param`, a validation error's location),
+never from the text of a message.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lmscope.serve.protocol.common import FieldError
 
 log = logging.getLogger("lmscope.serve")
 
@@ -23,6 +29,7 @@ STATUS_TYPES = {
     415: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    431: "invalid_request_error",
     499: "cancelled",
     503: "service_unavailable",
 }
@@ -46,6 +53,11 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+
+    @classmethod
+    def invalid(cls, err: FieldError) -> APIError:
+        """A 400 for a request wrong in one field."""
+        return cls(400, str(err), param=err.param, code="invalid_value")
 
 
 def error_payload(
@@ -76,15 +88,48 @@ def error_response(
     )
 
 
-def _describe_validation(err: RequestValidationError) -> tuple[str, str | None]:
-    parts = []
-    first_param = None
-    for item in err.errors():
-        loc = [str(p) for p in item.get("loc", ()) if p != "body"]
-        where = ".".join(loc) or "body"
-        first_param = first_param or (loc[0] if loc else None)
-        parts.append(f"{where}: {item.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request", first_param
+def param_path(loc: tuple[Any, ...]) -> str | None:
+    """A validation location as an OpenAI `param`: `messages.[0].content`. Union member tags
+    (`list[int]`, `function-after[...]`) and the leading `body` are not fields and are dropped."""
+    parts: list[str] = []
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif isinstance(part, str) and part.isidentifier():
+            parts.append(part)
+    return ".".join(parts) or None
+
+
+def _clean(message: str) -> str:
+    return message.removeprefix("Value error, ")
+
+
+def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """One message and the first field's `param` for a list of pydantic errors. Each field is
+    reported once (a union reports every member's failure; the first is the most specific)."""
+    seen: dict[str | None, str] = {}
+    for item in errors:
+        cause = (item.get("ctx") or {}).get("error")
+        if item.get("type") == "json_invalid":
+            return f"the body is not valid JSON: {item.get('msg', 'invalid')}", None
+        param = cause.param if isinstance(cause, FieldError) else param_path(item.get("loc", ()))
+        if param not in seen:
+            seen[param] = _clean(str(cause) if cause is not None else item.get("msg", "invalid"))
+    parts = [f"{param}: {msg}" if param else msg for param, msg in seen.items()]
+    return "; ".join(parts) or "invalid request", next(iter(seen), None)
+
+
+def _content_type_error(request: Request, errors: list[dict[str, Any]]) -> JSONResponse | None:
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    body_whole = any(tuple(item.get("loc", ())) == ("body",) for item in errors)
+    if media and media != "application/json" and not media.endswith("+json") and body_whole:
+        return error_response(
+            415,
+            f"Content-Type must be application/json, got {content_type!r}",
+            code="unsupported_media_type",
+        )
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -94,9 +139,17 @@ def install_error_handlers(app: FastAPI) -> None:
             err.status, err.message, param=err.param, code=err.code, headers=err.headers
         )
 
+    @app.exception_handler(FieldError)
+    async def _field_error(_: Request, err: FieldError) -> JSONResponse:
+        return error_response(400, str(err), param=err.param, code="invalid_value")
+
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:
-        message, param = _describe_validation(err)
+    async def _validation(request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = list(err.errors())
+        wrong_type = _content_type_error(request, errors)
+        if wrong_type is not None:
+            return wrong_type
+        message, param = describe_validation(errors)
         return error_response(400, message, param=param, code="invalid_value")
 
     @app.exception_handler(StarletteHTTPException)
@@ -108,4 +161,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(500, f"internal error: {type(err).__name__}")
+        return error_response(
+            500, "internal server error; the server log has the details", code="internal_error"
+        )

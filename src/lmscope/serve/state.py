@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,10 +47,17 @@ class ServedModel:
     model: Any  # Transformer
     tokenizer: Any
     engine: Engine
+    # Held by every encode the server does with this tokenizer (see lmscope.serve.prompts).
+    tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class ServerState:
-    def __init__(self, settings: ServeSettings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        metrics: ServerMetrics,
+        on_load_error: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         ids = [spec.id for spec in settings.models]
@@ -59,7 +68,8 @@ class ServerState:
         self.router = Router(ids, routes)
         self.models: dict[str, ServedModel] = {}
         self.ready = threading.Event()
-        self.load_error: str | None = None
+        self.load_error: str | None = None  # for the log and the CLI, never sent to clients
+        self.on_load_error = on_load_error
         self.explain_lock = threading.Semaphore(max(1, settings.explain_workers))
 
     def load_all(self) -> None:
@@ -95,7 +105,9 @@ class ServerState:
             log.info('{"event": "ready", "models": %d}', len(self.models))
         except Exception as err:
             self.load_error = f"{type(err).__name__}: {err}"
-            log.error('{"event": "load_failed", "error": "%s"}', self.load_error)
+            log.error(json.dumps({"event": "load_failed", "error": self.load_error}))
+            if self.on_load_error is not None:
+                self.on_load_error(self.load_error)
 
     def shutdown(self) -> None:
         for served in self.models.values():

@@ -1,0 +1,73 @@
+"""Every HTTP request, response and stream chunk the server speaks, as typed models.
+
+`openai` holds the OpenAI-compatible subset (completions, chat, models), `common` the shared
+field types and the OpenAI error object; explain requests live in `explain`.
+"""
+
+from lmscope.serve.protocol.common import (
+    ErrorBody,
+    ErrorResponse,
+    FieldError,
+    Number,
+    StrictBool,
+    StrictInt,
+    Text,
+    Usage,
+    new_id,
+)
+from lmscope.serve.protocol.openai import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatMessage,
+    ChatStreamChoice,
+    ChatTokenLogprob,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    ModelCard,
+    ModelList,
+    ResponseFormat,
+    SamplingRequest,
+    StreamOptions,
+    TopLogprob,
+)
+
+__all__ = [
+    "AssistantMessage",
+    "ChatChoice",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatCompletionResponse",
+    "ChatLogprobs",
+    "ChatMessage",
+    "ChatStreamChoice",
+    "ChatTokenLogprob",
+    "CompletionChoice",
+    "CompletionChunk",
+    "CompletionLogprobs",
+    "CompletionRequest",
+    "CompletionResponse",
+    "DeltaMessage",
+    "ErrorBody",
+    "ErrorResponse",
+    "FieldError",
+    "ModelCard",
+    "ModelList",
+    "Number",
+    "ResponseFormat",
+    "SamplingRequest",
+    "StreamOptions",
+    "StrictBool",
+    "StrictInt",
+    "Text",
+    "TopLogprob",
+    "Usage",
+    "new_id",
+]

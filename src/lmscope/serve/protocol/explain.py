@@ -1,0 +1,219 @@
+"""Typed requests and responses of the explanation endpoints (`/v1/explain*`).
+
+Every request names its prompt the same way (`prompt` text or token ids, or chat `messages`,
+plus an optional `completion` appended after it) so the endpoints stay stateless. Text fields
+refuse lone UTF-16 surrogates and integers refuse booleans (see `protocol.common`), so bad input
+is a 400 naming the field before any tokenizer sees it.
+
+Responses type the fields the server composes; the nested results (a route graph, a lens row)
+are the explain library's own `to_dict()` output and stay JSON objects here. Responses that
+embed a library result at the top level allow extra keys, so a field the library adds reaches
+clients instead of failing the request.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from lmscope.explain.errors import ThresholdError, check_tau
+from lmscope.serve.protocol.common import Number, StrictBool, StrictInt, Text
+from lmscope.serve.protocol.openai import ChatMessage
+
+JsonObject = dict[str, Any]
+
+
+def _tau(value: float) -> float:
+    try:
+        return check_tau(value)
+    except ThresholdError as err:
+        raise ValueError(str(err)) from None
+
+
+Tau = Annotated[Number, AfterValidator(_tau)]
+TopK = Annotated[StrictInt, Field(ge=1, le=100)]
+TokenRef = StrictInt | Text
+
+
+# ---- requests --------------------------------------------------------------------------------
+class PromptFields(BaseModel):
+    """How every explain request names its prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Text | None = None
+    prompt: Text | list[StrictInt] | None = Field(
+        default=None, description="text (tokenized like /v1/completions) or token ids"
+    )
+    messages: list[ChatMessage] | None = Field(
+        default=None, description="chat messages, rendered with the model's chat template"
+    )
+    completion: Text | None = Field(
+        default=None, description="generated text appended after the prompt (no special tokens)"
+    )
+    norm: Literal["l1", "l2"] = "l1"
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> PromptFields:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
+class ExplainRequest(PromptFields):
+    target: StrictInt = Field(
+        default=-1, description="token position whose prediction is explained"
+    )
+    completion_target: StrictInt | None = Field(
+        default=None,
+        description="index of a completion token (0 = first); explains the prediction of it "
+        "(position n_prompt_tokens + index - 1) and overrides target",
+    )
+    tau: Tau = Field(default=0.04, description="route threshold in [0, 1]")
+    renormalise: StrictBool = False
+    k: TopK = 10
+    saliency: StrictBool = True
+
+
+class RoutesRequest(PromptFields):
+    target: StrictInt = -1
+    tau: Tau = 0.04
+    renormalise: StrictBool = False
+
+
+class HeadRequest(PromptFields):
+    layer: StrictInt
+    head: Annotated[StrictInt, Field(ge=0)]
+    target: StrictInt = Field(default=-1, description="query position (the edge's target token)")
+    source: StrictInt | None = Field(default=None, description="key position of an attention edge")
+    k: TopK = 10
+
+
+class NeuronsRequest(PromptFields):
+    layer: StrictInt
+    position: StrictInt = -1
+    k: TopK = 10
+    vocab_k: Annotated[StrictInt, Field(ge=1, le=50)] = Field(
+        default=5, description="tokens shown per neuron"
+    )
+
+
+class LensRequest(PromptFields):
+    node: Text = Field(description="'embed', 'L3/resid_mid', 'L3/resid_post' or a route node id")
+    position: StrictInt | None = Field(
+        default=None, description="default: from the node id, else -1"
+    )
+    k: TopK = 10
+    final_norm: StrictBool = True
+
+
+SaliencyMethod = Literal["gradient_x_input", "integrated_gradients", "attention_rollout"]
+
+
+class SaliencyRequest(PromptFields):
+    method: SaliencyMethod = "gradient_x_input"
+    target: StrictInt = Field(default=-1, description="position whose prediction is attributed")
+    token: TokenRef | None = Field(default=None, description="token explained (default: top)")
+    foil: TokenRef | None = Field(default=None, description="contrast token: score(token - foil)")
+    score: Literal["logit", "logprob"] = "logit"
+    n_steps: Annotated[StrictInt, Field(ge=1, le=512)] = 32
+    residual: Annotated[Number, Field(ge=0.0, le=1.0)] = Field(
+        default=0.5, description="attention rollout only"
+    )
+
+
+# ---- responses -------------------------------------------------------------------------------
+class PromptEcho(BaseModel):
+    """What every explain response says about the prompt it explained."""
+
+    model: str
+    tokens: list[int]
+    token_strs: list[str]
+    n_prompt_tokens: int
+    cached: bool = Field(description="the prompt's trace came from the server's cache")
+
+
+class NextToken(BaseModel):
+    """The token that actually follows the target in the text, as the model ranked it."""
+
+    token: int
+    text: str
+    rank: int
+    prob: float
+
+
+class ExplainResponse(PromptEcho):
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str | None
+    target: int
+    tau: float
+    renormalise: bool
+    norm: str
+    n_layers: int
+    n_heads: int
+    prediction: list[JsonObject]
+    routes: JsonObject
+    lens: list[JsonObject]
+    trajectory: JsonObject
+    top_heads: list[list[Any]]
+    head_importance: list[list[float]]
+    neurons: list[JsonObject]
+    promotions: list[JsonObject]
+    saliency: list[JsonObject]
+    timings: dict[str, float]
+    next_token: NextToken | None
+
+
+class RoutesResponse(PromptEcho):
+    target: int
+    routes: JsonObject
+
+
+class HeadResponse(PromptEcho):
+    layer: int
+    head: int
+    label: str
+    target: int
+    source: int | None
+    importance: float = Field(description="the head's share of the target's attention flow")
+    attention: JsonObject
+    contribution: JsonObject
+    promotion: JsonObject
+    edge: JsonObject | None
+
+
+class NeuronsResponse(PromptEcho):
+    model_config = ConfigDict(extra="allow")
+
+    layer: int
+    position: int
+    norm: str
+    neurons: list[JsonObject]
+    block: JsonObject
+
+
+class LensResponse(PromptEcho):
+    model_config = ConfigDict(extra="allow")
+
+    node: str
+    position: int
+    final_norm: bool
+    entropy: float
+    previous: str | None
+    top: list[JsonObject]
+
+
+class SaliencyResponse(PromptEcho):
+    model_config = ConfigDict(extra="allow")
+
+    method: str
+    position: int
+    target: int | None
+    foil: int | None
+    score: str
+    scores: list[float]
+    meta: JsonObject
+    target_text: str | None
+    foil_text: str | None
