@@ -36,14 +36,21 @@ def prepare(
     max_chars: int | None = typer.Option(None, help="Drop documents longer than this."),
     tokenizer: str | None = typer.Option(
         None,
-        help="Reuse a tokenizer: tokenizer.json, a directory, or a model name (e.g. smollm2-135m).",
+        help="'char' for one token per character; or reuse a tokenizer: tokenizer.json, a "
+        "directory, a .gguf file or a model name (e.g. smollm2-135m). Default: train a BPE.",
     ),
-    vocab_size: int = typer.Option(8192, help="Vocabulary size of a newly trained BPE."),
+    vocab_size: int = typer.Option(
+        8192,
+        help="Vocabulary size of a newly trained BPE (a 'char' vocabulary has as many "
+        "tokens as the corpus has distinct characters).",
+    ),
     min_frequency: int = typer.Option(2, help="BPE: minimum pair frequency for a merge."),
-    bos: str = typer.Option("<|bos|>", help="Start token of a new BPE."),
-    eos: str = typer.Option("<|eos|>", help="End token of a new BPE (ends each document)."),
-    pad: str = typer.Option("<|pad|>", help="Padding token of a new BPE."),
-    extra_special_tokens: list[str] = typer.Option([], help="More special tokens for a new BPE."),
+    bos: str = typer.Option("<|bos|>", help="Start token of a new vocabulary."),
+    eos: str = typer.Option("<|eos|>", help="End token of a new vocabulary (ends each document)."),
+    pad: str = typer.Option("<|pad|>", help="Padding token of a new vocabulary."),
+    extra_special_tokens: list[str] = typer.Option(
+        [], help="More special tokens for a new vocabulary."
+    ),
     template: str = typer.Option("auto", help="Instruction data: auto | chatml | plain."),
     score_key: str | None = typer.Option(None, help="JSONL field with a curriculum score."),
     val: float = typer.Option(0.05, help="Fraction of documents for validation."),

@@ -23,7 +23,14 @@ from lmscope.data.instruct import encode_instruction, is_instruction, resolve_te
 from lmscope.data.manifest import MANIFEST_FILE, new_manifest, write_manifest
 from lmscope.data.sources import read_records
 from lmscope.data.split import SPLITS, split_records
-from lmscope.data.tokenizer import SpecialTokens, TextTokenizer, load_tokenizer, train_bpe
+from lmscope.data.tokenizer import (
+    CHAR,
+    SpecialTokens,
+    TextTokenizer,
+    load_tokenizer,
+    train_bpe,
+    train_chars,
+)
 
 
 @dataclass
@@ -36,7 +43,8 @@ class PrepareConfig:
     text_key: str = "text"  # JSONL field holding plain text
     doc_split: str = "paragraph"  # text files: file | paragraph (blank lines) | line
     clean: CleanSettings = field(default_factory=CleanSettings)
-    tokenizer: str | None = None  # None: train a BPE; else a tokenizer.json, directory or model
+    # None: train a BPE; "char": one token per character; else a tokenizer.json, directory or model
+    tokenizer: str | None = None
     vocab_size: int = 8192
     min_frequency: int = 2
     special_tokens: SpecialTokens = field(default_factory=SpecialTokens)
@@ -139,6 +147,9 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
             show_progress=config.progress,
         )
         tokenizer_source = "trained"
+    elif config.tokenizer == CHAR:
+        tokenizer = train_chars(_training_texts(splits["train"]), specials=config.special_tokens)
+        tokenizer_source = "characters"
     else:
         tokenizer = load_tokenizer(config.tokenizer)
         tokenizer_source = str(config.tokenizer)

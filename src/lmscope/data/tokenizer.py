@@ -1,4 +1,5 @@
-"""Tokenizers for the data pipeline: train a byte-level BPE, or reuse a model's tokenizer.
+"""Tokenizers for the data pipeline: train a byte-level BPE, build a character-level vocabulary,
+or reuse a model's tokenizer (read from its files; the model itself is never loaded).
 
 `TextTokenizer` wraps a `tokenizers.Tokenizer` and knows its start, end and padding tokens. Text is
 encoded with special-token parsing switched off, so a corpus that happens to contain "<|eos|>"
@@ -13,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lmscope.data.errors import DataError
 from lmscope.files import atomic_write_text
 
+CHAR = "char"  # `--tokenizer char`: one token per character
+UNK = "<|unk|>"  # characters a character-level vocabulary has not seen
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
@@ -221,20 +224,53 @@ def from_object(obj: Any) -> TextTokenizer:
     )
 
 
+def train_chars(texts: Iterable[str], *, specials: SpecialTokens | None = None) -> TextTokenizer:
+    """A character-level tokenizer (nanoGPT's Shakespeare by characters): one token per distinct
+    character of `texts`, ids in code-point order from 0 (as nanoGPT numbers them), then the
+    special tokens and an unknown-character token. A plain `tokenizers.Tokenizer` (word-level
+    model over single characters), so transformers and every lmscope command load it as is."""
+    specials = specials or SpecialTokens()
+    chars: set[str] = set()
+    for text in texts:
+        chars.update(text)
+    if not chars:
+        raise DataError("no characters to build a character-level vocabulary from")
+    added = [t for t in [*specials.all(), UNK] if t not in chars]
+    vocab = {c: i for i, c in enumerate(sorted(chars))}
+    for token in dict.fromkeys(added):
+        vocab[token] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()  # characters join without spaces
+    backend.add_special_tokens(list(dict.fromkeys(added)))
+    return TextTokenizer(backend, specials)
+
+
 def load_tokenizer(source: str | Path) -> TextTokenizer:
-    """A tokenizer from a tokenizer.json file, a directory holding one, or a model name."""
+    """A tokenizer from a tokenizer.json file, a directory holding one, a .gguf file or the name
+    of an embedded model, read from its files without loading the model's weights."""
     path = Path(source)
+    if path.is_file() and path.suffix == ".gguf":
+        return _gguf_tokenizer(path)
     if path.exists():
         if path.is_dir() and not (path / TOKENIZER_FILE).is_file():
             raise DataError(f"{path} holds no {TOKENIZER_FILE}")
         return TextTokenizer.load(path)
-    try:
-        from lmscope.zoo import registry
-    except ImportError as err:
+    from lmscope.zoo.default import EMBEDDED_MODELS
+
+    entry = EMBEDDED_MODELS.get(str(source))
+    if entry is None:
         raise DataError(
-            f"tokenizer {source!r} is not a file, and the model registry is unavailable ({err})"
-        ) from err
-    loaded = registry.load(str(source))
-    if getattr(loaded, "tokenizer", None) is None:
-        raise DataError(f"model {source!r} has no tokenizer; give a tokenizer.json file instead")
-    return from_object(loaded.tokenizer)
+            f"tokenizer {str(source)!r} is neither a file nor a known model; give a "
+            f"tokenizer.json file, a directory holding one, a .gguf file, '{CHAR}' or one of: "
+            + ", ".join(sorted(EMBEDDED_MODELS))
+        )
+    if entry.is_cached() and (entry.cache_dir() / TOKENIZER_FILE).is_file():
+        return TextTokenizer.load(entry.cache_dir())
+    return _gguf_tokenizer(entry.source_path())  # the tokenizer alone, no weights converted
+
+
+def _gguf_tokenizer(path: Path) -> TextTokenizer:
+    from lmscope.zoo.gguf import load_gguf_tokenizer
+
+    return from_object(load_gguf_tokenizer(path))
