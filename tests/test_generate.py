@@ -5,17 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmscope.model.generate import (
-    DecodeBatch,
+from lmscope.engine import (
     GenerationError,
     IncrementalDetokenizer,
     PromptTooLongError,
+    Request,
     SamplingParams,
+    Scheduler,
     Sequence,
     generate,
     generate_batch,
     prepare_prompt,
     score,
+    score_batch,
     stream,
 )
 from test_generate_fixtures import GPT2_LIKE, LINES, tiny_model, tiny_tokenizer
@@ -144,27 +146,32 @@ def test_rows_with_their_own_settings_and_lengths(model, tok) -> None:  # type: 
     )
 
 
-def test_step_level_api_adds_and_removes_sequences_between_steps(model, tok) -> None:  # type: ignore[no-untyped-def]
+def test_step_level_api_adds_and_cancels_sequences_between_steps(model, tok) -> None:  # type: ignore[no-untyped-def]
     params = SamplingParams(max_new_tokens=8, temperature=0.7, seed=5)
     expected = [generate(model, tok, p, params, eos_token_ids=NO_EOS).token_ids for p in PROMPTS]
-    batch = DecodeBatch(model, tok, eos_token_ids=NO_EOS)
+    scheduler = Scheduler(model, tok, max_batch=4, eos_token_ids=NO_EOS)
     seqs = [Sequence(tok.encode(p), params, request_id=i) for i, p in enumerate(PROMPTS)]
-    cancelled = Sequence(tok.encode("lazy dog"), params)
-    batch.add(seqs[:1])
-    batch.step()
-    batch.add([seqs[1], cancelled])
-    batch.step()
-    batch.remove(cancelled)
-    batch.add(seqs[2:])
-    assert len(batch) == 4
-    while batch:
-        outputs = batch.step()
-        assert all(out.token_id is not None for out in outputs)
+    cancelled = Request(Sequence(tok.encode("lazy dog"), params))
+    scheduler.add(seqs[0])
+    scheduler.step()
+    scheduler.add(seqs[1])
+    scheduler.add(cancelled)
+    scheduler.step()
+    assert scheduler.running == 3
+    cancelled.cancelled = True
+    for seq in seqs[2:]:
+        scheduler.add(seq)
+    outputs = scheduler.step()  # the cancelled row leaves, the last two join
+    assert [e.finish_reason for r, e in outputs if r is cancelled] == ["abort"]
+    assert scheduler.running == 4
+    while scheduler.has_work():
+        outputs = scheduler.step()
+        assert all(e.token_id is not None for _, e in outputs if e.finish_reason is None)
     assert [s.token_ids for s in seqs] == expected
     assert all(s.result().finish_reason == "length" for s in seqs)
-    assert not cancelled.finished and len(cancelled.token_ids) == 2
+    assert not cancelled.sequence.finished and len(cancelled.sequence.token_ids) == 2
     with pytest.raises(GenerationError, match="already added"):
-        batch.add(seqs[0])
+        seqs[0].attach(model, tok, frozenset())
 
 
 # ---- sampling -------------------------------------------------------------------------------------
@@ -239,7 +246,7 @@ def test_end_of_sequence_token_stops_and_is_counted_but_not_shown(model, tok) ->
 
 
 def test_default_end_tokens_come_from_tokenizer_and_config(model, tok) -> None:  # type: ignore[no-untyped-def]
-    from lmscope.model.generate import default_eos_ids
+    from lmscope.engine import default_eos_ids
 
     assert tok.convert_tokens_to_ids("<|im_end|>") in default_eos_ids(model, tok)
 
@@ -408,3 +415,34 @@ def test_bfloat16_model_generates(tok) -> None:  # type: ignore[no-untyped-def]
     model = tiny_model().to(torch.bfloat16)
     result = generate_batch(model, tok, PROMPTS[:2], max_new_tokens=5, temperature=0.7, seed=0)
     assert [len(r.token_ids) for r in result if r.finish_reason == "length"] in ([5, 5], [5], [])
+
+
+def test_score_batch_scores_every_text_as_a_full_forward_would(model, tok) -> None:  # type: ignore[no-untyped-def]
+    """Short texts go through padded group prefill, a long one through the chunked path."""
+    long_ids = tok.encode("The quick brown fox jumps over the lazy dog. " * 3)[:50]
+    assert len(long_ids) == 50
+    texts = [*PROMPTS, "x", long_ids]
+    import lmscope.engine.offline as offline
+
+    scheduler_init = offline.Scheduler.__init__
+    chunks: list[int] = []
+
+    def small_chunks(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        scheduler_init(self, *args, **kwargs, prefill_chunk=16)
+        chunks.append(self.prefill_chunk)
+
+    offline.Scheduler.__init__ = small_chunks  # type: ignore[method-assign]
+    try:
+        scored = score_batch(model, tok, texts, top_logprobs=1)
+    finally:
+        offline.Scheduler.__init__ = scheduler_init  # type: ignore[method-assign]
+    assert chunks == [16]
+    for text, result in zip(texts, scored, strict=True):
+        ids = tok.encode(text) if isinstance(text, str) else text
+        assert result.token_ids == ids
+        with torch.no_grad():
+            reference = torch.log_softmax(model(torch.tensor([ids]))[0].double(), -1)
+        expected = [float(reference[i - 1, ids[i]]) for i in range(1, len(ids))]
+        got = [lp.logprob for lp in result.logprobs[1:] if lp is not None]
+        assert result.logprobs[0] is None and len(got) == len(ids) - 1
+        assert got == pytest.approx(expected, abs=1e-5)

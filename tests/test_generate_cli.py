@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from lmscope.commands import generate as generate_command
-from lmscope.model.generate import generate
+from lmscope.engine import generate
 from lmscope.model.prepacked import optimize_for_decoding
 from lmscope.zoo.checkpoint import load_checkpoint, save_checkpoint
 from test_generate_fixtures import tiny_model, tiny_tokenizer

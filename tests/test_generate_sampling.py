@@ -13,7 +13,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from lmscope.model.sampling import (
+from lmscope.engine.sampling import (
     GenerationError,
     SamplingParams,
     apply_repetition_penalty,

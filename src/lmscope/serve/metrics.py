@@ -88,5 +88,29 @@ class ServerMetrics:
             registry=r,
         )
 
+    # ---- lmscope.engine.EngineObserver: what the engine reports ------------------------------
+    def on_waiting(self, model: str, waiting: int) -> None:
+        self.waiting.labels(model_name=model).set(waiting)
+
+    def on_running(self, model: str, running: int) -> None:
+        self.running.labels(model_name=model).set(running)
+
+    def on_rejected(self, model: str) -> None:
+        self.rejected.labels(model_name=model).inc()
+
+    def on_prompt_tokens(self, model: str, count: int) -> None:
+        self.prompt_tokens.labels(model_name=model).inc(count)
+
+    def on_token(self, model: str, ttft: float | None, inter_token: float | None) -> None:
+        self.generation_tokens.labels(model_name=model).inc()
+        if ttft is not None:
+            self.ttft.labels(model_name=model).observe(ttft)
+        if inter_token is not None:
+            self.inter_token.labels(model_name=model).observe(inter_token)
+
+    def on_finished(self, model: str, reason: str, e2e: float) -> None:
+        self.request_success.labels(model_name=model, finished_reason=reason).inc()
+        self.e2e.labels(model_name=model).observe(e2e)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,4 +1,5 @@
-"""The engine's scheduling: prompts that arrive together are prefilled together, unchanged."""
+"""The server's engine (the one Scheduler on a thread): prompts that arrive together are
+prefilled together, unchanged; long prompts are chunked; errors reach the consumer typed."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from lmscope.model.generate import generate
-from lmscope.model.sampling import SamplingParams
-from lmscope.serve.engine import PREFILL_TOKEN_BUDGET, Engine, _Request, prefill_groups
+from lmscope.engine import Engine, Request, SamplingParams, Sequence, generate
+from lmscope.engine.scheduler import PREFILL_TOKEN_BUDGET, prefill_groups
 from lmscope.serve.metrics import ServerMetrics
 from test_generate_fixtures import GPT2_LIKE, tiny_model, tiny_tokenizer
 
@@ -24,9 +24,8 @@ PROMPTS = [
 ]
 
 
-def request(length: int) -> _Request:
-    sequence: Any = type("FakeSequence", (), {"prompt_ids": list(range(length))})()
-    return _Request(sequence, lambda event: None, 0.0, False)
+def request(length: int) -> Request:
+    return Request(Sequence(list(range(length)), SamplingParams()))
 
 
 def test_prefill_groups_keep_padding_and_size_bounded() -> None:
@@ -65,19 +64,19 @@ def test_prompts_prefilled_together_get_their_one_by_one_tokens(family: str, fas
     alone = [generate(model, tok, p, params, eos_token_ids=()).token_ids for p in PROMPTS]
     engine = Engine(model, tok, name="tiny", metrics=ServerMetrics(), max_batch=8)
     grouped: list[int] = []
-    original = engine._prefill_together
+    original = engine.scheduler._prefill_together
 
-    def spy(requests: list[_Request]) -> None:
+    def spy(requests: list[Request], *args: Any, **kwargs: Any) -> None:
         grouped.append(len(requests))
-        original(requests)
+        original(requests, *args, **kwargs)
 
-    engine._prefill_together = spy  # type: ignore[method-assign]
+    engine.scheduler._prefill_together = spy  # type: ignore[method-assign]
     ids = [tok.encode(p) for p in PROMPTS]
     together = asyncio.run(run_engine(engine, ids, params))
     assert together == alone
     assert grouped and max(grouped) >= 2  # the grouped path really ran
     with torch.no_grad():
-        assert engine._slots.n_active == 0  # every row was retired
+        assert engine.scheduler._slots.n_active == 0  # every row was retired
 
 
 def test_chunked_prefill_gives_the_same_tokens_and_scores_and_lets_others_decode() -> None:
@@ -95,14 +94,14 @@ def test_chunked_prefill_gives_the_same_tokens_and_scores_and_lets_others_decode
     assert len(short) <= 6  # prefilled at once; the long prompt takes several chunks
     calls: list[str] = []
     for name in ("_prefill_chunk", "_decode_step"):
-        original = getattr(engine, name)
+        original = getattr(engine.scheduler, name)
 
         def spy(*args: Any, _name: str = name, _original: Any = original) -> Any:
-            if _name == "_decode_step" or engine._chunked:
+            if _name == "_decode_step" or engine.scheduler._chunked:
                 calls.append(_name)
             return _original(*args)
 
-        setattr(engine, name, spy)
+        setattr(engine.scheduler, name, spy)
 
     async def scenario() -> tuple[list[int], list[Any], list[int]]:
         engine.start()
@@ -132,10 +131,10 @@ def test_an_engine_error_during_prefill_ends_the_waiting_requests() -> None:
     tok = tiny_tokenizer()
     engine = Engine(tiny_model(), tok, name="tiny", metrics=ServerMetrics())
 
-    def broken(requests: list[_Request]) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("prefill exploded")
 
-    engine._prefill_together = broken  # type: ignore[method-assign]
+    engine.scheduler._prefill_together = broken  # type: ignore[method-assign]
     params = SamplingParams(max_new_tokens=4, temperature=0)
 
     async def scenario() -> list[list[Any]]:
@@ -152,4 +151,6 @@ def test_an_engine_error_during_prefill_ends_the_waiting_requests() -> None:
 
     for events in asyncio.run(scenario()):
         assert events[-1].finish_reason == "error"
-        assert "prefill exploded" in events[-1].text
+        assert isinstance(events[-1].error, RuntimeError)
+        assert "prefill exploded" in str(events[-1].error)
+    assert engine.scheduler.running == 0 and engine.scheduler._slots.n_active == 0
