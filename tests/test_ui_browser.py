@@ -83,8 +83,37 @@ def set_tau(page: Any, value: float) -> None:
 def explain_prompt(page: Any, text: str) -> None:
     page.fill("#prompt", text)
     page.click("#explain-btn")
-    page.wait_for_selector("#graph g.edge-g", state="attached")
+    page.wait_for_selector("#graph path.edge", state="attached")
     page.wait_for_selector("#busy", state="hidden")
+
+
+# Scroll an edge (or node) of a kind into view and return the page point that picks it.
+POINT_OF = """([what, kind]) => {
+  const svg = document.getElementById('graph'), g = svg._graph;
+  const wrap = document.getElementById('graph-wrap');
+  const items = what === 'edge' ? g.links.filter((e) => e.kind === kind)
+                                : g.nodes.filter((n) => n.kind === kind);
+  for (const item of items) {
+    const pt = what === 'edge' ? g.edgePoint(item) : g.nodePoint(item.id);
+    const hit = g.pick(pt[0], pt[1]);
+    if (!hit || (what === 'edge' ? hit.edge !== item : hit.node !== item)) continue;
+    wrap.scrollLeft = pt[0] - wrap.clientWidth / 2;
+    wrap.scrollTop = pt[1] - wrap.clientHeight / 2;
+    const r = svg.getBoundingClientRect();
+    return [r.left + pt[0] * r.width / g.L.width, r.top + pt[1] * r.height / g.L.height];
+  }
+  return null;
+}"""
+
+
+def click_graph(page: Any, what: str, kind: str) -> None:
+    point = page.evaluate(POINT_OF, [what, kind])
+    assert point is not None, f"no {kind} {what} that a click would pick"
+    page.mouse.click(point[0], point[1])
+
+
+def drawn_edges(page: Any) -> int:
+    return int(page.get_attribute("#graph", "data-edges") or 0)
 
 
 def test_explore_a_prompt(page: Any) -> None:
@@ -95,14 +124,14 @@ def test_explore_a_prompt(page: Any) -> None:
     n_tokens = page.locator("#tokens .tok").count()
     assert n_tokens > 3
     assert page.locator("#tokens .tok.target").get_attribute("data-position") == str(n_tokens - 1)
-    assert page.locator("#graph g.edge-g[data-kind=attention]").count() > 0
-    assert page.locator("#graph circle.node").count() > 0
+    assert page.locator("#graph path.edge[data-kind=attention]").count() > 0
+    assert int(page.get_attribute("#graph", "data-nodes") or 0) > 0
     assert "predicts" in page.inner_text("#graph-summary")
     assert page.locator("#panel-overview .bar-row").count() >= 10  # predictions + heads
     page.screenshot(path=str(ARTIFACTS / "01-graph.png"))
 
     # An attention edge: per-head bars, then the top head's maps and promoted tokens.
-    page.locator("#graph g.edge-g[data-kind=attention] path.hit").first.click(force=True)
+    click_graph(page, "edge", "attention")
     page.wait_for_selector("#head-view")
     assert page.locator("#head-bars .bar-row").count() == 4
     assert page.locator("#head-view canvas").count() == 2
@@ -112,24 +141,29 @@ def test_explore_a_prompt(page: Any) -> None:
     page.screenshot(path=str(ARTIFACTS / "02-attention-edge.png"))
 
     # A residual node: the logit lens with rank changes.
-    page.locator("#graph circle[data-kind=resid_mid]").first.click(force=True)
+    click_graph(page, "node", "resid_mid")
     page.wait_for_selector("#lens-table")
     assert page.locator("#lens-table tbody tr").count() == 12
+    # every probability bar has its number beside it
+    values = page.locator("#lens-table .prob-cell .bar-value").all_inner_texts()
+    assert len(values) == 12 and all(v.endswith("%") for v in values)
+    assert page.locator("#graph .overlay .selected").count() == 1
     assert "L" in page.inner_text("#panel-details h3")
     page.uncheck("#lens-final-norm")
     page.wait_for_selector("#lens-final-norm:not(:checked)")
     page.screenshot(path=str(ARTIFACTS / "03-logit-lens.png"))
 
     # An MLP block: top neurons and their vocabulary projections.
-    page.locator("#graph rect[data-kind=mlp]").first.click(force=True)
+    click_graph(page, "node", "mlp")
     page.wait_for_selector("#neuron-table")
     assert page.locator("#neuron-table tbody tr").count() == 10
+    assert_inside_card(page, "#panel-details")
     page.screenshot(path=str(ARTIFACTS / "04-neurons.png"))
 
     # The tau slider re-thresholds the graph; clicking a token moves the target.
-    before = page.locator("#graph g.edge-g").count()
+    before = drawn_edges(page)
     set_tau(page, 0.2)
-    page.wait_for_function(f"document.querySelectorAll('#graph g.edge-g').length < {before}")
+    page.wait_for_function(f"Number(document.getElementById('graph').dataset.edges) < {before}")
     page.locator("#tokens .tok").nth(2).click()
     page.wait_for_selector("#tokens .tok.target[data-position='2']")
     assert page.locator("#graph .col-label.target").get_attribute("data-position") == "2"
@@ -137,29 +171,115 @@ def test_explore_a_prompt(page: Any) -> None:
     # Saliency by another method, from the overview.
     page.click("#tab-overview")
     page.select_option("#saliency-method", "integrated_gradients")
-    page.wait_for_selector("#panel-overview .sal-tok")
-    assert page.locator("#panel-overview .sal-tok").count() == 3
+    page.wait_for_selector("#panel-overview .sal-tokens .tok")
+    assert page.locator("#panel-overview .sal-tokens .tok").count() == 3
+    assert page.locator("#panel-overview .sal-legend").count() == 1
+    # the footer shows the time measured in the browser, not a timing the API does not send
+    footer = page.inner_text("#graph-footer")
+    assert "answered in" in footer and "explained in" not in footer
+
+
+def assert_inside_card(page: Any, selector: str) -> None:
+    """Nothing in the card sticks out of it sideways."""
+    overflow = page.evaluate(
+        """(sel) => {
+            const card = document.querySelector(sel), box = card.getBoundingClientRect();
+            return [...card.querySelectorAll('*')]
+              .filter((e) => e.getBoundingClientRect().right > box.right + 1)
+              .map((e) => e.tagName + '.' + e.className);
+        }""",
+        selector,
+    )
+    assert overflow == [], overflow
 
 
 def test_client_side_threshold_matches_the_server(page: Any, server: str) -> None:
-    """The slider's instant re-threshold (graph.js) keeps exactly the server's route edges."""
+    """The slider's instant re-threshold (graph.js) keeps exactly the server's route edges, with
+    the server's weights, renormalised or not."""
     body = {"model": "tiny", "prompt": "To be, or not to be, that is", "target": -1}
     low = httpx.post(server + "/v1/explain/routes", json={**body, "tau": 0.002}).json()
     for tau in (0.01, 0.03, 0.1):
-        high = httpx.post(server + "/v1/explain/routes", json={**body, "tau": tau}).json()
-        keys = page.evaluate(
-            """async ([routes, tau]) => {
-                const graph = await import('/static/graph.js');
-                const out = graph.rethreshold(routes, tau);
-                return [out.links.map(graph.edgeKey).sort(), out.nodes.map((n) => n.id).sort()];
-            }""",
-            [low["routes"], tau],
-        )
-        expected_edges = sorted(
-            f"{e['source']}>{e['target']}>{e['kind']}" for e in high["routes"]["links"]
-        )
-        assert keys[0] == expected_edges
-        assert keys[1] == sorted(n["id"] for n in high["routes"]["nodes"])
+        for renormalise in (False, True):
+            high = httpx.post(
+                server + "/v1/explain/routes",
+                json={**body, "tau": tau, "renormalise": renormalise},
+            ).json()
+            links, nodes = page.evaluate(
+                """async ([routes, tau, renormalise]) => {
+                    const graph = await import('/static/graph.js');
+                    const out = graph.rethreshold(routes, tau, {renormalise});
+                    return [out.links.map((e) => [graph.edgeKey(e), e.weight, e.heads || null]),
+                            out.nodes.map((n) => n.id)];
+                }""",
+                [low["routes"], tau, renormalise],
+            )
+            expected = {
+                f"{e['source']}>{e['target']}>{e['kind']}": e for e in high["routes"]["links"]
+            }
+            assert sorted(k for k, _, _ in links) == sorted(expected)
+            assert sorted(nodes) == sorted(n["id"] for n in high["routes"]["nodes"])
+            for key, weight, heads in links:
+                assert weight == pytest.approx(expected[key]["weight"], abs=2e-6), key
+                if heads is not None:
+                    assert heads == pytest.approx(expected[key]["heads"], abs=2e-6), key
+
+
+LONG_PROMPT = " ".join(["the quick brown fox jumps over the lazy dog"] * 6)  # ~80 tokens
+
+
+def test_long_prompt_opens_at_the_target_and_fits(page: Any) -> None:
+    set_tau(page, 0.002)
+    explain_prompt(page, LONG_PROMPT)
+    geometry = """() => {
+        const wrap = document.getElementById('graph-wrap'), g = document.getElementById('graph')._graph;
+        const labels = document.getElementById('graph-layers').getBoundingClientRect();
+        const target = Number(document.querySelector('#tokens .tok.target').dataset.position);
+        return {scrollLeft: wrap.scrollLeft, clientWidth: wrap.clientWidth, scrollWidth: wrap.scrollWidth,
+                clientHeight: wrap.clientHeight, scrollHeight: wrap.scrollHeight,
+                wrapLeft: wrap.getBoundingClientRect().left, labelsLeft: labels.left,
+                targetX: g.L.x(target), col: g.L.col, left: g.L.left};
+    }"""
+    at = page.evaluate(geometry)
+    assert at["scrollWidth"] > at["clientWidth"]  # a long prompt scrolls sideways...
+    assert at["scrollLeft"] > 0  # ...and opens scrolled to the target, at the right of the view
+    assert at["scrollLeft"] + at["left"] <= at["targetX"] - at["col"] / 2
+    assert at["targetX"] + at["col"] / 2 <= at["scrollLeft"] + at["clientWidth"]
+    # The layer labels stay at the left edge of the view while the graph scrolls.
+    page.eval_on_selector("#graph-wrap", "el => { el.scrollLeft = 200; }")
+    at = page.evaluate(geometry)
+    assert abs(at["labelsLeft"] - at["wrapLeft"]) <= 1
+    page.screenshot(path=str(ARTIFACTS / "07-long-prompt.png"))
+
+    page.click("#zoom-fit")
+    page.wait_for_function(
+        "document.getElementById('graph-wrap').scrollWidth <= "
+        "document.getElementById('graph-wrap').clientWidth"
+    )
+    at = page.evaluate(geometry)
+    assert at["scrollHeight"] <= at["clientHeight"]
+    page.screenshot(path=str(ARTIFACTS / "08-long-prompt-fit.png"))
+    page.click("#zoom-in")  # zooming in from the fitted view makes it scroll again
+    page.wait_for_function(
+        "document.getElementById('graph-wrap').scrollWidth > "
+        "document.getElementById('graph-wrap').clientWidth"
+    )
+
+
+def test_a_neuron_shows_what_it_promotes_in_context(page: Any) -> None:
+    """A negative activation flips the output row's tokens: they are suppressed here."""
+    rows = page.evaluate(
+        """async () => {
+            const panels = await import('/static/panels.js');
+            const n = {activation: -2, promoted: [{text: 'a', logit: 3}], suppressed: [{text: 'b', logit: -1}]};
+            const p = {activation: 0.5, promoted: [{text: 'a', logit: 3}], suppressed: [{text: 'b', logit: -1}]};
+            return [panels.neuronInContext(n), panels.neuronInContext(p)];
+        }"""
+    )
+    flipped, kept = rows
+    assert flipped["promoted"] == [{"text": "b", "logit": 2}]
+    assert flipped["suppressed"] == [{"text": "a", "logit": -6}]
+    assert kept["promoted"] == [{"text": "a", "logit": 1.5}]
+    assert kept["suppressed"] == [{"text": "b", "logit": -0.5}]
 
 
 def test_bad_input_shows_the_error(page: Any) -> None:

@@ -1,7 +1,8 @@
 // lmscope explorer: wires the prompt, the route graph, the inspector and the generation panel.
 
 import { el, showToken, fmt, pct, postJSON, getJSON, streamSSE, debounce } from "./util.js";
-import { renderGraph, rethreshold, markSelected, edgeKey } from "./graph.js";
+import { renderGraph, rethreshold, markSelected, edgeKey, scrollToRoute, layout } from "./graph.js";
+import { renderTokens } from "./tokens.js";
 import { overviewPanel, edgePanel, headView, neuronPanel, lensPanel } from "./panels.js";
 
 const EXAMPLES = [
@@ -20,7 +21,9 @@ const state = {
   routes: null, // the route graph as fetched (at routes.graph.tau)
   shown: null, // the graph drawn (re-thresholded client-side while the slider moves)
   selected: null,
-  zoom: 1, // multiplies the fitted row height and column width
+  zoom: 1, // multiplies the readable row height and column width
+  fit: false, // the whole graph in the box
+  elapsed: null, // seconds the last explanation took, measured here (request to answer)
   seq: 0,
   generating: null, // AbortController of a running generation
 };
@@ -62,6 +65,7 @@ function promptSource(completion) {
 async function explain(source, extra = {}) {
   const seq = ++state.seq;
   busy(true);
+  const started = performance.now();
   try {
     const ex = await postJSON("/v1/explain", {
       ...source,
@@ -76,10 +80,12 @@ async function explain(source, extra = {}) {
     // Pin the model that answered (an A/B route alias could pick another one next time).
     state.source = { ...source, model: ex.model };
     state.ex = ex;
+    state.elapsed = (performance.now() - started) / 1000;
     state.routes = ex.routes;
-    state.shown = rethreshold(ex.routes, tau());
+    state.shown = shownRoutes();
     state.selected = null;
     drawAll();
+    scrollToRoute($("graph-wrap"), $("graph")._graph, ex.target);
     showOverview();
     return ex;
   } catch (err) {
@@ -125,12 +131,24 @@ function drawAll() {
 function drawFooter() {
   const ex = state.ex;
   const g = state.shown;
-  const t = ex.timings || {};
-  $("graph-footer").textContent =
-    `${ex.model} · ${ex.tokens.length} tokens · ${ex.n_layers} layers × ${ex.n_heads} heads · ` +
-    `${g.nodes.length} nodes, ${g.links.length} edges at τ = ${g.graph.tau.toFixed(3)}` +
-    `${g.graph.renormalise ? " (renormalised)" : ""} · norm ${ex.norm} · ` +
-    `${ex.cached ? "trace reused" : `traced in ${fmt(t.trace ?? 0, 2)} s`} · explained in ${fmt(t.total ?? 0, 2)} s`;
+  const trace = ex.timings?.trace;
+  const parts = [
+    ex.model,
+    `${ex.tokens.length} tokens`,
+    `${ex.n_layers} layers × ${ex.n_heads} heads`,
+    `${g.nodes.length} nodes, ${g.links.length} edges at τ = ${g.graph.tau.toFixed(3)}${g.graph.renormalise ? " (renormalised)" : ""}`,
+    `norm ${ex.norm}`,
+  ];
+  if (ex.cached) parts.push("trace reused");
+  else if (trace !== undefined) parts.push(`traced in ${fmt(trace, 2)} s`);
+  // measured in the browser: the whole request, network and queue included
+  if (state.elapsed !== null) parts.push(`answered in ${fmt(state.elapsed, 2)} s`);
+  $("graph-footer").textContent = parts.join(" · ");
+}
+
+/** The routes to draw: the fetched graph re-thresholded (and renormalised) in the browser. */
+function shownRoutes() {
+  return rethreshold(state.routes, Math.max(tau(), state.routes.graph.tau), { renormalise: $("renormalise").checked });
 }
 
 function graphBox() {
@@ -138,26 +156,22 @@ function graphBox() {
   return { width: wrap.clientWidth, height: wrap.clientHeight - 8 };
 }
 
+/** The column width of the readable layout at zoom 1 (what zoom multiplies). */
+function layoutCol() {
+  return layout(state.ex.token_strs, state.ex.n_layers, graphBox(), 1, false).col;
+}
+
 
 
 function drawTokens() {
   const ex = state.ex;
-  const box = $("tokens");
-  box.replaceChildren(
-    ...ex.token_strs.map((text, p) =>
-      el(
-        "span",
-        {
-          class: `tok${p === ex.target ? " target" : ""}${p >= ex.n_prompt_tokens ? " generated" : ""}`,
-          title: `position ${p} · id ${ex.tokens[p]} — click to explain the prediction made here`,
-          dataset: { position: p },
-          onclick: () => setTarget(p),
-        },
-        el("span", { class: "pos" }, p),
-        showToken(text),
-      ),
-    ),
-  );
+  renderTokens($("tokens"), ex.token_strs, {
+    target: ex.target,
+    nPrompt: ex.n_prompt_tokens,
+    onClick: setTarget,
+    showPos: true,
+    title: (p) => `position ${p} · id ${ex.tokens[p]} — click to explain the prediction made here`,
+  });
 }
 
 function drawGraph() {
@@ -169,6 +183,8 @@ function drawGraph() {
     nPrompt: ex.n_prompt_tokens,
     box: graphBox(),
     zoom: state.zoom,
+    fit: state.fit,
+    labels: $("graph-layers"),
     selected: state.selected,
     tooltip: $("tooltip"),
     onEdge,
@@ -194,7 +210,7 @@ const refetchRoutes = debounce(async () => {
     });
     if (seq !== state.seq) return;
     state.routes = body.routes;
-    state.shown = body.routes;
+    state.shown = shownRoutes();
     drawGraph();
     drawFooter();
   } catch (err) {
@@ -205,12 +221,18 @@ const refetchRoutes = debounce(async () => {
 function onTau() {
   $("tau-value").textContent = tau().toFixed(3);
   if (!state.routes) return;
-  if (tau() >= state.routes.graph.tau) {
-    state.shown = rethreshold(state.routes, tau());
-    drawGraph();
-    drawFooter();
-  }
-  refetchRoutes();
+  state.shown = shownRoutes();
+  drawGraph();
+  drawFooter();
+  // The fetched graph holds every edge above its own tau: only a lower tau needs the server.
+  if (tau() < state.routes.graph.tau) refetchRoutes();
+}
+
+function onRenormalise() {
+  if (!state.routes) return;
+  state.shown = shownRoutes();
+  drawGraph();
+  drawFooter();
 }
 
 // ---- inspector ----------------------------------------------------------------------------------
@@ -471,18 +493,21 @@ function init() {
     if (evt.key === "Enter" && (evt.ctrlKey || evt.metaKey)) explain(promptSource());
   });
   $("tau").addEventListener("input", onTau);
-  $("renormalise").addEventListener("change", () => state.ex && refetchRoutes());
+  $("renormalise").addEventListener("change", onRenormalise);
   $("norm").addEventListener("change", () => state.source && explain({ ...state.source, norm: $("norm").value }, { target: state.ex.target }));
   $("generate-btn").addEventListener("click", generate);
   $("error-close").addEventListener("click", clearError);
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
-  const zoomTo = (zoom) => {
-    state.zoom = Math.max(0.3, Math.min(4, zoom));
+  const zoomTo = (zoom, fit = false) => {
+    state.zoom = Math.max(0.1, Math.min(4, zoom));
+    state.fit = fit;
     if (state.ex) drawGraph();
   };
-  $("zoom-in").addEventListener("click", () => zoomTo(state.zoom * 1.25));
-  $("zoom-out").addEventListener("click", () => zoomTo(state.zoom / 1.25));
-  $("zoom-fit").addEventListener("click", () => zoomTo(1));
+  // Zooming out of a fitted view starts from the fitted column width.
+  const current = () => (state.fit && state.ex ? $("graph")._graph.L.col / layoutCol() : state.zoom);
+  $("zoom-in").addEventListener("click", () => zoomTo(current() * 1.25));
+  $("zoom-out").addEventListener("click", () => zoomTo(current() / 1.25));
+  $("zoom-fit").addEventListener("click", () => zoomTo(1, true));
   const key = $("api-key");
   key.value = localStorage.getItem("lmscope.apiKey") || "";
   key.addEventListener("change", () => {

@@ -1,10 +1,16 @@
-// The route graph as inline SVG: tokens left to right, layers bottom to top.
+// The route graph as SVG: tokens left to right, layers bottom to top. Shared by the explorer and
+// the HTML report.
 //
 // Rows: the embeddings at the bottom, then per layer the residual after attention (resid_mid)
 // and after the MLP (resid_post). Attention edges run from a token's resid_pre to another
 // token's resid_mid; the MLP block is a square between resid_mid and resid_post.
+//
+// Drawing: edges are grouped by kind and width into a few <path> elements and nodes by kind into
+// a few more, so a graph of tens of thousands of edges is a handful of DOM nodes. Clicks and
+// hovers are resolved geometrically (`pick`), the selection and the hovered item are drawn on an
+// overlay.
 
-import { svgEl, showToken, fmt } from "./util.js";
+import { svgEl, showToken, fmt, esc } from "./util.js";
 
 const MIN_ROW = 10;
 const MAX_ROW = 84;
@@ -12,12 +18,15 @@ const LEFT = 46;
 const TOP = 18;
 const BOTTOM = 48;
 const STAGE = { embed: 0, resid_mid: 1, mlp: 2, resid_post: 3 };
+const BUCKETS = 6; // stroke widths per edge kind
+const KIND_ORDER = ["residual", "mlp", "self_attention", "attention"];
+const CLASS_OF = { residual: "residual", mlp_in: "mlp", mlp_out: "mlp", self_attention: "self_attention", attention: "attention" };
 
 export function edgeKey(e) {
   return `${e.source}>${e.target}>${e.kind}`;
 }
 
-function parseNode(id) {
+export function parseNode(id) {
   const parts = id.split("/");
   if (parts[0] === "embed") return { kind: "embed", layer: -1, position: Number(parts[1]) };
   return { kind: parts[1], layer: Number(parts[0].slice(1)), position: Number(parts[2]) };
@@ -29,17 +38,22 @@ function nodeOrder(id) {
 }
 
 /**
- * The routes at a higher threshold, computed from a graph fetched at a lower one: keep edges
- * whose raw importance is above tau and that still reach the targets' final residuals.
- * Same edges as the server's build_routes (renormalising never changes which edges survive).
+ * The routes to `targets` at threshold `tau` (>= the graph's own), computed from a node-link
+ * graph fetched at a lower threshold (for the same or more targets): keep the edges whose raw
+ * importance is above tau and that still reach the targets' final residuals, and weigh them as
+ * lmscope.explain.routes.build_routes does: the raw share, or with `renormalise` the raw share
+ * over the sum of the node's kept parts (its kept incoming edges and its bias when above tau).
  */
-export function rethreshold(routes, tau) {
-  if (tau <= routes.graph.tau + 1e-12) return routes;
-  const last = routes.graph.n_layers - 1;
-  const reached = new Set(routes.graph.targets.map((t) => `L${last}/resid_post/${t}`));
-  const edges = routes.links
-    .filter((e) => e.raw > tau)
-    .sort((a, b) => nodeOrder(b.target) - nodeOrder(a.target));
+export function rethreshold(routes, tau, options = {}) {
+  const g = routes.graph;
+  const targets = options.targets ?? g.targets;
+  const renormalise = options.renormalise ?? g.renormalise;
+  const same = targets.length === g.targets.length && targets.every((t, i) => t === g.targets[i]);
+  if (same && renormalise === g.renormalise && tau <= g.tau + 1e-12) return routes;
+  tau = Math.max(tau, g.tau);
+  const last = g.n_layers - 1;
+  const reached = new Set(targets.map((t) => `L${last}/resid_post/${t}`));
+  const edges = routes.links.filter((e) => e.raw > tau).sort((a, b) => nodeOrder(b.target) - nodeOrder(a.target));
   const kept = [];
   for (const e of edges) {
     if (!reached.has(e.target)) continue;
@@ -47,26 +61,48 @@ export function rethreshold(routes, tau) {
     reached.add(e.source);
   }
   const nodes = routes.nodes.filter((n) => reached.has(n.id));
-  return { ...routes, graph: { ...routes.graph, tau }, nodes, links: kept };
+  const scale = new Map();
+  if (renormalise) {
+    const total = new Map();
+    for (const n of nodes) if (n.bias !== undefined && n.bias > tau) total.set(n.id, n.bias);
+    for (const e of kept) if (e.kind !== "mlp_in") total.set(e.target, (total.get(e.target) || 0) + e.raw);
+    for (const [id, sum] of total) scale.set(id, sum > 0 ? 1 / sum : 1);
+  }
+  const links = kept.map((e) => {
+    // mlp_in carries the MLP's share of resid_post, so it is scaled like mlp_out.
+    const whole = e.kind === "mlp_in" ? e.target.replace("/mlp/", "/resid_post/") : e.target;
+    const weight = e.raw * (renormalise ? scale.get(whole) ?? 1 : 1);
+    const out = { ...e, weight };
+    if (e.heads) out.heads = e.heads.map((h) => (e.weight > 0 ? (h * weight) / e.weight : h));
+    return out;
+  });
+  return { ...routes, graph: { ...g, tau, targets: [...targets], renormalise }, nodes, links };
 }
 
 /**
- * Layout numbers for a prompt of n tokens and L layers. The graph fills `box` ({width, height}
- * in pixels): rows and columns stretch (within limits) rather than the drawing being scaled, so
- * labels keep their size; `zoom` multiplies the row height and column width.
+ * Layout numbers for a prompt of n tokens and L layers. `box` ({width, height} in pixels) is the
+ * visible area. Readable mode: rows and columns stretch (within limits) rather than the drawing
+ * being scaled, so labels keep their size, and a long prompt scrolls sideways; `zoom` multiplies
+ * row height and column width. Fit mode (`fit`): the whole graph fits the box, however small its
+ * columns get (token labels are then thinned out).
  */
-export function layout(tokenStrs, nLayers, box, zoom = 1) {
+export function layout(tokenStrs, nLayers, box, zoom = 1, fit = false) {
   const n = tokenStrs.length;
   const rows = 2 * nLayers + 1;
   const longest = Math.max(3, ...tokenStrs.map((t) => showToken(t).length));
-  // Wide enough for the labels when there is room; in a narrow box labels are cut (full text in
-  // their tooltip) down to 40 px a column, below which the graph scrolls sideways.
   const natural = Math.max(54, Math.min(110, 7.4 * Math.min(longest, 14) + 20));
   const fillCol = box ? (box.width - LEFT - 16) / n : natural;
-  const fitted = fillCol >= natural ? Math.min(150, fillCol) : Math.max(40, fillCol);
-  const col = Math.max(20, fitted * zoom);
   const fillRow = box ? (box.height - TOP - BOTTOM) / (rows - 1) : MIN_ROW;
-  const row = Math.max(6, Math.max(MIN_ROW, Math.min(MAX_ROW, fillRow)) * zoom);
+  let col;
+  let row;
+  if (fit && box) {
+    col = Math.max(0.5, Math.min(150, fillCol));
+    row = Math.max(1, Math.min(MAX_ROW, fillRow));
+  } else {
+    const fitted = fillCol >= natural ? Math.min(150, fillCol) : Math.max(40, fillCol);
+    col = Math.max(2, fitted * zoom);
+    row = Math.max(2, Math.max(MIN_ROW, Math.min(MAX_ROW, fillRow)) * zoom);
+  }
   const width = LEFT + col * n + 16;
   const height = TOP + (rows - 1) * row + BOTTOM;
   const rowY = (r) => TOP + (rows - 1 - r) * row;
@@ -82,37 +118,92 @@ export function layout(tokenStrs, nLayers, box, zoom = 1) {
     const p = parseNode(id);
     return [x(p.position) + (p.kind === "mlp" ? mlpOffset : 0), y(p.kind, p.layer)];
   };
-  const radius = Math.max(2, Math.min(4.2, row * 0.27));
-  return { col, row, rows, width, height, rowY, x, y, point, radius };
+  const radius = Math.max(1, Math.min(4.2, row * 0.27, col * 0.3));
+  return { col, row, rows, width, height, rowY, x, y, point, radius, left: LEFT };
 }
 
-function edgePath(e, L) {
+/** The control points of an edge: [x1, y1, c1x, c1y, c2x, c2y, x2, y2] (a cubic Bézier). */
+function edgeCurve(e, L) {
   const [x1, y1] = L.point(e.source);
   const [x2, y2] = L.point(e.target);
   if (e.kind === "self_attention") {
     const bend = Math.min(16, L.col * 0.3);
-    return `M${x1},${y1} C${x1 - bend},${y1 - L.row * 0.35} ${x2 - bend},${y2 + L.row * 0.35} ${x2},${y2}`;
+    return [x1, y1, x1 - bend, y1 - L.row * 0.35, x2 - bend, y2 + L.row * 0.35, x2, y2];
   }
   if (e.kind === "attention") {
     const dy = (y1 - y2) * 0.55;
-    return `M${x1},${y1} C${x1},${y1 - dy} ${x2},${y2 + dy} ${x2},${y2}`;
+    return [x1, y1, x1, y1 - dy, x2, y2 + dy, x2, y2];
   }
-  return `M${x1},${y1} L${x2},${y2}`;
+  return [x1, y1, x1, y1, x2, y2, x2, y2];
+}
+
+function curvePath(c) {
+  if (c[2] === c[0] && c[3] === c[1] && c[4] === c[6] && c[5] === c[7]) return `M${c[0]},${c[1]}L${c[6]},${c[7]}`;
+  return `M${c[0]},${c[1]}C${c[2]},${c[3]} ${c[4]},${c[5]} ${c[6]},${c[7]}`;
+}
+
+function bezier(c, t) {
+  const u = 1 - t;
+  const a = u * u * u;
+  const b = 3 * u * u * t;
+  const d = 3 * u * t * t;
+  const e = t * t * t;
+  return [a * c[0] + b * c[2] + d * c[4] + e * c[6], a * c[1] + b * c[3] + d * c[5] + e * c[7]];
+}
+
+function segmentDistance(px, py, ax, ay, bx, by) {
+  const dx = bx - ax;
+  const dy = by - ay;
+  const len = dx * dx + dy * dy;
+  const t = len > 0 ? Math.max(0, Math.min(1, ((px - ax) * dx + (py - ay) * dy) / len)) : 0;
+  return Math.hypot(px - ax - t * dx, py - ay - t * dy);
+}
+
+function curveDistance(c, px, py) {
+  let best = Infinity;
+  let prev = [c[0], c[1]];
+  const straight = c[2] === c[0] && c[3] === c[1];
+  const steps = straight ? 1 : 16;
+  for (let i = 1; i <= steps; i++) {
+    const p = bezier(c, i / steps);
+    best = Math.min(best, segmentDistance(px, py, prev[0], prev[1], p[0], p[1]));
+    prev = p;
+  }
+  return best;
+}
+
+function strokeBucket(weight) {
+  const w = Math.max(0, Math.min(1, weight));
+  return Math.min(BUCKETS - 1, Math.floor(Math.sqrt(w) * BUCKETS));
+}
+
+function bucketStyle(b) {
+  const s = (b + 0.5) / BUCKETS;
+  return { width: 0.6 + 5 * s, opacity: 0.3 + 0.7 * s };
+}
+
+function circlePath(cx, cy, r) {
+  return `M${cx - r},${cy}a${r},${r} 0 1,0 ${2 * r},0a${r},${r} 0 1,0 ${-2 * r},0`;
+}
+
+function nodeShape(n, L) {
+  const [cx, cy] = L.point(n.id);
+  if (n.kind === "mlp") {
+    const h = L.radius + 0.6;
+    return `M${cx - h},${cy - h}h${2 * h}v${2 * h}h${-2 * h}z`;
+  }
+  return circlePath(cx, cy, n.kind === "embed" ? L.radius + 0.6 : L.radius);
 }
 
 function describeNode(n, tokenStrs) {
   const name = n.kind === "embed" ? "embedding" : `L${n.layer} ${n.kind.replace("_", " ")}`;
-  return `${name} · <span class="mono">${escapeHtml(showToken(tokenStrs[n.position]))}</span> (${n.position})`;
-}
-
-function escapeHtml(text) {
-  return text.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+  return `${name} · <span class="mono">${esc(showToken(tokenStrs[n.position]))}</span> (${n.position})`;
 }
 
 function describeEdge(e, tokenStrs) {
   const s = parseNode(e.source);
   const t = parseNode(e.target);
-  const tok = (p) => `<span class="mono">${escapeHtml(showToken(tokenStrs[p]))}</span>`;
+  const tok = (p) => `<span class="mono">${esc(showToken(tokenStrs[p]))}</span>`;
   let text;
   if (e.kind === "attention" || e.kind === "self_attention") {
     text = `Attention L${e.layer}: ${tok(s.position)} (${s.position}) → ${tok(t.position)} (${t.position})`;
@@ -133,44 +224,62 @@ function describeEdge(e, tokenStrs) {
   return `${text}<br>weight ${fmt(e.weight)}${e.weight !== e.raw ? ` (raw ${fmt(e.raw)})` : ""}`;
 }
 
+function drawLayerLabels(svg, L, nLayers, withBackground) {
+  if (withBackground) svg.append(svgEl("rect", { class: "label-bg", x: 0, y: 0, width: L.left - 6, height: L.height }));
+  const every = L.row >= 7 ? 1 : Math.ceil(7 / L.row);
+  for (let layer = 0; layer < nLayers; layer++) {
+    if (layer % every !== 0 && layer !== nLayers - 1) continue;
+    const label = svgEl("text", { class: "layer-label", x: 8, y: L.y("mlp", layer) + 4 });
+    label.textContent = `L${layer}`;
+    svg.append(label);
+  }
+  const emb = svgEl("text", { class: "layer-label", x: 8, y: L.y("embed") + 4 });
+  emb.textContent = "emb";
+  svg.append(emb);
+}
+
 /**
- * Draw `routes` into `svg`. opts: {tokenStrs, target, nLayers, box, zoom, selected, nPrompt,
- * tooltip, onEdge(edge), onNode(node), onToken(position)}.
+ * Draw `routes` into `svg`. opts: {tokenStrs, target, nLayers, box, zoom, fit, selected, nPrompt,
+ * tooltip, labels (an <svg> kept at the left edge while the graph scrolls sideways),
+ * onEdge(edge), onNode(node), onToken(position)}.
+ * Returns the drawing: {L, links, nodes, pick(x, y), edgePoint(edge), nodePoint(id), select(key)}.
  */
 export function renderGraph(svg, routes, opts) {
   const { tokenStrs, target, nLayers } = opts;
-  const L = layout(tokenStrs, nLayers, opts.box, opts.zoom || 1);
+  const L = layout(tokenStrs, nLayers, opts.box, opts.zoom || 1, !!opts.fit);
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${L.width} ${L.height}`);
   svg.setAttribute("width", L.width);
   svg.setAttribute("height", L.height);
 
   const bg = svgEl("g", { class: "background" });
-  for (let layer = 0; layer < nLayers; layer++) {
+  for (let layer = 0; layer < nLayers; layer += 2) {
     const top = L.y("resid_post", layer) - L.row / 2;
-    if (layer % 2 === 0) {
-      bg.append(svgEl("rect", { class: "band", x: 0, y: top, width: L.width, height: 2 * L.row }));
-    }
-    if (L.row >= 7 || layer % 5 === 0 || layer === nLayers - 1) {
-      const label = svgEl("text", { class: "layer-label", x: 8, y: L.y("mlp", layer) + 4 });
-      label.textContent = `L${layer}`;
-      bg.append(label);
-    }
+    bg.append(svgEl("rect", { class: "band", x: 0, y: top, width: L.width, height: 2 * L.row }));
   }
-  const embLabel = svgEl("text", { class: "layer-label", x: 8, y: L.y("embed") + 4 });
-  embLabel.textContent = "emb";
-  bg.append(embLabel);
-  for (let p = 0; p < tokenStrs.length; p++) {
-    bg.append(svgEl("line", { class: "col-line", x1: L.x(p), x2: L.x(p), y1: TOP - 6, y2: L.y("embed") }));
-  }
+  const colStep = Math.max(1, Math.ceil(6 / L.col));
+  let cols = "";
+  for (let p = 0; p < tokenStrs.length; p += colStep) cols += `M${L.x(p)},${TOP - 6}V${L.y("embed")}`;
+  bg.append(svgEl("path", { class: "col-line", d: cols }));
   svg.append(bg);
+  if (opts.labels) {
+    opts.labels.replaceChildren();
+    opts.labels.setAttribute("width", L.left - 4);
+    opts.labels.setAttribute("height", L.height);
+    opts.labels.style.marginBottom = `${-L.height}px`;
+    drawLayerLabels(opts.labels, L, nLayers, true);
+  } else {
+    drawLayerLabels(svg, L, nLayers, false);
+  }
 
-  // Token labels along the bottom.
+  // Token labels along the bottom (thinned out when the columns are narrow).
   const labels = svgEl("g", { class: "col-labels" });
   const maxChars = Math.max(3, Math.floor((L.col - 8) / 7.1));
+  const labelStep = L.col >= 26 ? 1 : Math.ceil(26 / L.col);
   tokenStrs.forEach((text, p) => {
-    let shown = showToken(text);
-    if (shown.length > maxChars) shown = `${shown.slice(0, maxChars - 1)}…`;
+    if (p % labelStep !== 0 && p !== target) return;
+    let shown = labelStep > 1 ? String(p) : showToken(text);
+    if (shown.length > maxChars && labelStep === 1) shown = `${shown.slice(0, maxChars - 1)}…`;
     const cls = `col-label${p === target ? " target" : ""}`;
     const t = svgEl("text", { class: cls, x: L.x(p), y: L.y("embed") + 22, "text-anchor": "middle", "data-position": p });
     t.textContent = shown;
@@ -178,89 +287,170 @@ export function renderGraph(svg, routes, opts) {
     const title = svgEl("title");
     title.textContent = `${JSON.stringify(text)} (position ${p}) — click to explain its prediction`;
     t.append(title);
-    const pos = svgEl("text", { class: "col-pos", x: L.x(p), y: L.y("embed") + 35, "text-anchor": "middle" });
-    pos.textContent = opts.nPrompt !== undefined && p >= opts.nPrompt ? `${p}*` : p;
-    labels.append(t, pos);
+    labels.append(t);
+    if (labelStep === 1) {
+      const pos = svgEl("text", { class: "col-pos", x: L.x(p), y: L.y("embed") + 35, "text-anchor": "middle" });
+      pos.textContent = opts.nPrompt !== undefined && p >= opts.nPrompt ? `${p}*` : p;
+      labels.append(pos);
+    }
   });
   svg.append(labels);
 
-  const tip = opts.tooltip;
-  const showTip = (evt, html) => {
-    if (!tip) return;
-    tip.innerHTML = html;
-    tip.hidden = false;
-    tip.style.left = `${Math.min(window.innerWidth - 330, evt.clientX + 14)}px`;
-    tip.style.top = `${evt.clientY + 14}px`;
-  };
-  const hideTip = () => {
-    if (tip) tip.hidden = true;
-  };
-
-  // Edges: residual and MLP underneath, attention on top.
-  const order = { residual: 0, mlp_in: 1, mlp_out: 1, self_attention: 2, attention: 3 };
-  const edges = [...routes.links].sort((a, b) => order[a.kind] - order[b.kind] || a.weight - b.weight);
+  // Edges: one <path> per (kind, width bucket); residual and MLP underneath, attention on top.
+  const links = routes.links;
+  const curves = links.map((e) => edgeCurve(e, L));
+  const groups = new Map();
+  links.forEach((e, i) => {
+    const key = `${CLASS_OF[e.kind]}:${strokeBucket(e.weight)}`;
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key).push(curvePath(curves[i]));
+  });
   const edgeLayer = svgEl("g", { class: "edges" });
-  for (const e of edges) {
-    const d = edgePath(e, L);
-    const w = Math.max(0, Math.min(1, e.weight));
-    const g = svgEl("g", { class: "edge-g", "data-key": edgeKey(e), "data-kind": e.kind });
-    g.append(
-      svgEl("path", {
-        class: `edge ${e.kind}`,
-        d,
-        "stroke-width": (0.6 + 5 * Math.sqrt(w)).toFixed(2),
-        "stroke-opacity": (0.3 + 0.7 * Math.sqrt(w)).toFixed(2),
-      }),
-    );
-    const hit = svgEl("path", { class: `hit ${e.kind}`, d });
-    hit.addEventListener("click", (evt) => {
-      evt.stopPropagation();
-      hideTip();
-      opts.onEdge?.(e);
-    });
-    hit.addEventListener("mousemove", (evt) => showTip(evt, describeEdge(e, tokenStrs)));
-    hit.addEventListener("mouseleave", hideTip);
-    g.append(hit);
-    if (opts.selected === edgeKey(e)) g.classList.add("selected");
-    edgeLayer.append(g);
+  for (const kind of KIND_ORDER) {
+    for (let b = 0; b < BUCKETS; b++) {
+      const parts = groups.get(`${kind}:${b}`);
+      if (!parts) continue;
+      const s = bucketStyle(b);
+      edgeLayer.append(
+        svgEl("path", {
+          class: `edge ${kind}`,
+          d: parts.join(""),
+          "stroke-width": s.width.toFixed(2),
+          "stroke-opacity": s.opacity.toFixed(2),
+          "data-kind": kind,
+          "data-count": parts.length,
+        }),
+      );
+    }
   }
   svg.append(edgeLayer);
 
-  const nodeLayer = svgEl("g", { class: "nodes" });
+  const nodes = routes.nodes;
   const finalId = `L${nLayers - 1}/resid_post/${target}`;
-  for (const n of routes.nodes) {
-    const [cx, cy] = L.point(n.id);
-    let shape;
-    if (n.kind === "mlp") {
-      const half = L.radius + 0.6;
-      shape = svgEl("rect", { x: cx - half, y: cy - half, width: 2 * half, height: 2 * half, rx: 1.5, class: "node mlp" });
-    } else {
-      const cls = n.kind === "embed" ? "node embed" : "node resid";
-      shape = svgEl("circle", { cx, cy, r: n.kind === "embed" ? L.radius + 0.6 : L.radius, class: cls });
-    }
-    if (n.id === finalId) shape.classList.add("target-node");
-    if (opts.selected === n.id) shape.classList.add("selected");
-    shape.setAttribute("data-id", n.id);
-    shape.setAttribute("data-kind", n.kind);
-    shape.addEventListener("click", (evt) => {
-      evt.stopPropagation();
-      hideTip();
-      opts.onNode?.(n);
-    });
-    shape.addEventListener("mousemove", (evt) => showTip(evt, describeNode(n, tokenStrs)));
-    shape.addEventListener("mouseleave", hideTip);
-    nodeLayer.append(shape);
-  }
+  const shapes = { resid: "", embed: "", mlp: "" };
+  for (const n of nodes) shapes[n.kind === "mlp" ? "mlp" : n.kind === "embed" ? "embed" : "resid"] += nodeShape(n, L);
+  const nodeLayer = svgEl("g", { class: "nodes" });
+  for (const [kind, d] of Object.entries(shapes)) if (d) nodeLayer.append(svgEl("path", { class: `node ${kind}`, d, "data-kind": kind }));
+  const finalNode = nodes.find((n) => n.id === finalId);
+  if (finalNode) nodeLayer.append(svgEl("path", { class: "node target-node", d: nodeShape(finalNode, L) }));
   svg.append(nodeLayer);
-  return L;
+  const overlay = svgEl("g", { class: "overlay" });
+  svg.append(overlay);
+  svg.dataset.edges = links.length;
+  svg.dataset.nodes = nodes.length;
+
+  // ---- picking: the node under the pointer, else the nearest edge within a few pixels.
+  const nodePoints = nodes.map((n) => L.point(n.id));
+  const boxes = curves.map((c) => [Math.min(c[0], c[2], c[4], c[6]), Math.max(c[0], c[2], c[4], c[6]), Math.min(c[1], c[3], c[5], c[7]), Math.max(c[1], c[3], c[5], c[7])]);
+  const pick = (px, py) => {
+    const rNode = L.radius + 2.5;
+    let best = null;
+    let bestD = Infinity;
+    nodePoints.forEach(([x, y], i) => {
+      const d = Math.hypot(px - x, py - y);
+      if (d <= rNode && d < bestD) {
+        best = { node: nodes[i] };
+        bestD = d;
+      }
+    });
+    if (best) return best;
+    const reach = 5;
+    links.forEach((e, i) => {
+      const b = boxes[i];
+      if (px < b[0] - reach || px > b[1] + reach || py < b[2] - reach || py > b[3] + reach) return;
+      const d = curveDistance(curves[i], px, py) - bucketStyle(strokeBucket(e.weight)).width / 2;
+      // ties (an edge drawn over another) go to the heavier edge
+      if (d <= reach && (d < bestD - 0.5 || (Math.abs(d - bestD) <= 0.5 && e.weight > best.edge.weight))) {
+        best = { edge: e, index: i };
+        bestD = Math.min(d, bestD);
+      }
+    });
+    return best;
+  };
+  const index = new Map(links.map((e, i) => [edgeKey(e), i]));
+  const outline = (key, cls) => {
+    if (!key) return null;
+    if (index.has(key)) {
+      const i = index.get(key);
+      const s = bucketStyle(strokeBucket(links[i].weight));
+      return svgEl("path", { class: `${cls} edge-outline`, d: curvePath(curves[i]), "stroke-width": (s.width + 1).toFixed(2), "data-key": key });
+    }
+    const n = nodes.find((m) => m.id === key);
+    return n ? svgEl("path", { class: `${cls} node-outline`, d: nodeShape(n, L), "data-key": key }) : null;
+  };
+  let selected = opts.selected || null;
+  let hovered = null;
+  const paintOverlay = () => overlay.replaceChildren(...[outline(hovered, "hovered"), outline(selected, "selected")].filter(Boolean));
+  paintOverlay();
+
+  const tip = opts.tooltip;
+  const local = (evt) => {
+    const rect = svg.getBoundingClientRect();
+    return [((evt.clientX - rect.left) * L.width) / rect.width, ((evt.clientY - rect.top) * L.height) / rect.height];
+  };
+  let frame = 0;
+  svg.onmousemove = (evt) => {
+    if (frame) return;
+    frame = requestAnimationFrame(() => {
+      frame = 0;
+      const hit = pick(...local(evt));
+      const key = hit ? (hit.edge ? edgeKey(hit.edge) : hit.node.id) : null;
+      svg.style.cursor = hit ? "pointer" : "";
+      if (key !== hovered) {
+        hovered = key;
+        paintOverlay();
+      }
+      if (!tip) return;
+      if (!hit) return void (tip.hidden = true);
+      tip.innerHTML = hit.edge ? describeEdge(hit.edge, tokenStrs) : describeNode(hit.node, tokenStrs);
+      tip.hidden = false;
+      tip.style.left = `${Math.min(window.innerWidth - 330, evt.clientX + 14)}px`;
+      tip.style.top = `${evt.clientY + 14}px`;
+    });
+  };
+  svg.onmouseleave = () => {
+    hovered = null;
+    paintOverlay();
+    if (tip) tip.hidden = true;
+  };
+  svg.onclick = (evt) => {
+    const hit = pick(...local(evt));
+    if (!hit) return;
+    if (tip) tip.hidden = true;
+    if (hit.edge) opts.onEdge?.(hit.edge);
+    else opts.onNode?.(hit.node);
+  };
+
+  const drawing = {
+    L,
+    links,
+    nodes,
+    pick,
+    /** A point on the edge (svg coordinates) that picks it: the curve's middle. */
+    edgePoint: (e) => bezier(curves[index.get(edgeKey(e))], 0.5),
+    nodePoint: (id) => L.point(id),
+    select: (key) => {
+      selected = key;
+      paintOverlay();
+    },
+  };
+  svg._graph = drawing;
+  return drawing;
 }
 
 /** Mark one edge or node as selected without redrawing. */
 export function markSelected(svg, key) {
-  svg.querySelectorAll(".selected").forEach((n) => n.classList.remove("selected"));
-  if (!key) return;
-  const g = svg.querySelector(`g.edge-g[data-key="${CSS.escape(key)}"]`);
-  if (g) g.classList.add("selected");
-  const node = svg.querySelector(`[data-id="${CSS.escape(key)}"]`);
-  if (node) node.classList.add("selected");
+  svg._graph?.select(key);
+}
+
+/**
+ * Scroll `wrap` so that the target's route is in view: the graph's top (the target's final
+ * residual) and the target's column at the right of the view, with as much of the route to its
+ * left (attention only reads earlier tokens) as fits.
+ */
+export function scrollToRoute(wrap, drawing, target) {
+  const L = drawing.L;
+  const right = L.x(target) + Math.max(L.col / 2, 24) + 8;
+  wrap.scrollLeft = Math.max(0, right - wrap.clientWidth);
+  wrap.scrollTop = 0;
 }

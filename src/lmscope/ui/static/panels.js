@@ -1,9 +1,9 @@
 // The inspector: overview of an explanation and the panels for a clicked edge, head, MLP or node.
 
-import { el, svgEl, showToken, fmt, pct, ramp, diverging } from "./util.js";
+import { el, svgEl, showToken, fmt, pct, ramp, esc } from "./util.js";
+import { saliencyView } from "./tokens.js";
 
 const INDIGO = [79, 70, 229];
-const AMBER = [224, 138, 0];
 
 /** Horizontal bars: rows [{label, value, title?, key?}]; values scaled to the largest. */
 export function barList(rows, { onClick, selected, fill = "", valueText = fmt } = {}) {
@@ -125,12 +125,8 @@ function clip(text, n) {
   return text.length > n ? `${text.slice(0, n - 1)}…` : text;
 }
 
-function esc(text) {
-  return String(text).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
-}
-
 /** The rank (log scale) and probability of the predicted token across the residual nodes. */
-function trajectoryChart(traj) {
+export function trajectoryChart(traj) {
   const w = 340;
   const h = 110;
   const pad = { l: 30, r: 8, t: 8, b: 20 };
@@ -246,24 +242,6 @@ export function overviewPanel(ex, handlers) {
   return root;
 }
 
-export function saliencyView(attr, tokenStrs) {
-  const max = Math.max(1e-12, ...attr.scores.map(Math.abs));
-  const signed = attr.method !== "attention_rollout";
-  const tokens = attr.scores.map((s, i) =>
-    el(
-      "span",
-      { class: "sal-tok", style: { background: signed ? diverging(s / max) : ramp(s / max, INDIGO), color: Math.abs(s / max) > 0.6 ? "#fff" : "" }, title: `${i}: ${fmt(s, 4)}` },
-      showToken(tokenStrs[i]),
-    ),
-  );
-  const what = attr.target_text !== undefined && attr.target_text !== null
-    ? `score of “${showToken(attr.target_text)}”${attr.foil_text ? ` − “${showToken(attr.foil_text)}”` : ""}`
-    : attr.target !== null
-      ? `score of token ${attr.target}`
-      : "head-averaged attention";
-  return el("div", {}, el("p", { class: "hint" }, `${what} at position ${attr.position}`), el("div", { class: "sal-tokens" }, tokens));
-}
-
 /** Per-head shares of one attention edge; clicking a head loads its maps into `headBox`. */
 export function edgePanel(edge, ex, { onHead, selectedHead }) {
   const src = Number(edge.source.split("/").pop());
@@ -313,28 +291,46 @@ export function headView(data, { tooltip, highlight }) {
   );
 }
 
-/** The top neurons of an MLP block with their vocabulary projections. */
-export function neuronPanel(data) {
-  const strs = data.token_strs;
-  const table = el(
+/**
+ * What a neuron's part a·W_out[k] promotes at its position: the tokens of its output row's
+ * projection (position-free), swapped when the activation a is negative, logits scaled by a.
+ */
+export function neuronInContext(n) {
+  const scaled = (list) => list.map((t) => ({ ...t, logit: t.logit * n.activation }));
+  if (n.activation >= 0) return { promoted: scaled(n.promoted), suppressed: scaled(n.suppressed) };
+  return { promoted: scaled(n.suppressed), suppressed: scaled(n.promoted) };
+}
+
+/** Neurons as a table: label, share, activation and what each promotes / suppresses here. */
+export function neuronTable(neurons, attrs = {}) {
+  return el(
     "table",
-    { class: "data", id: "neuron-table" },
-    el("thead", {}, el("tr", {}, el("th", {}, "neuron"), el("th", {}, "share"), el("th", {}, "act"), el("th", {}, "promotes / suppresses"))),
+    { class: "data neurons", ...attrs },
+    el("thead", {}, el("tr", {}, el("th", {}, "neuron"), el("th", {}, "share"), el("th", {}, "act"), el("th", {}, "promotes / suppresses here"))),
     el(
       "tbody",
       {},
-      data.neurons.map((n) =>
-        el(
+      neurons.map((n) => {
+        const here = n.promoted ? neuronInContext(n) : null;
+        return el(
           "tr",
-          {},
+          { dataset: { label: n.label } },
           el("td", { class: "mono" }, n.label),
           el("td", { class: "num" }, fmt(n.importance)),
           el("td", { class: "num" }, fmt(n.activation, 2)),
-          el("td", {}, chips(n.promoted.slice(0, 4), "pos"), chips(n.suppressed.slice(0, 3), "neg")),
-        ),
-      ),
+          el("td", { class: "chipcell" }, here ? [chips(here.promoted.slice(0, 4), "pos"), chips(here.suppressed.slice(0, 3), "neg")] : el("span", { class: "muted" }, "–")),
+        );
+      }),
     ),
   );
+}
+
+export const NEURON_HINT =
+  "Share: the neuron's part a·W_out[k] in the residual after the block. Tokens: what that part promotes (green) and suppresses (red) here: W_out[k] projected through the unembedding, flipped when the activation a is negative.";
+
+/** The top neurons of an MLP block with what they promote at this position. */
+export function neuronPanel(data) {
+  const strs = data.token_strs;
   return el(
     "div",
     {},
@@ -347,29 +343,64 @@ export function neuronPanel(data) {
       el("span", {}, "residual share"),
       el("b", {}, fmt(data.residual)),
     ),
-    el("h3", {}, "The block's update promotes"),
-    chips(data.block.promoted, "pos"),
-    el("h3", {}, "and suppresses"),
-    chips(data.block.suppressed, "neg"),
+    data.block ? [el("h3", {}, "The block's update promotes"), chips(data.block.promoted, "pos"), el("h3", {}, "and suppresses"), chips(data.block.suppressed, "neg")] : null,
     el("h3", {}, "Top neurons"),
-    table,
-    el("p", { class: "hint" }, "Share: the neuron's part a·W_out in the residual after the block. Tokens: its output row W_out[k] projected through the unembedding (green up, red down); a negative activation flips them."),
+    neuronTable(data.neurons, { id: "neuron-table" }),
+    el("p", { class: "hint" }, NEURON_HINT),
+  );
+}
+
+function rankChange(t) {
+  if (t.rank_change === undefined || t.rank_change === null) return el("span", { class: "muted" }, "–");
+  if (t.rank_change > 0) return el("span", { class: "up", title: `was #${t.prev_rank + 1}` }, `▲${t.rank_change}`);
+  if (t.rank_change < 0) return el("span", { class: "down", title: `was #${t.prev_rank + 1}` }, `▼${-t.rank_change}`);
+  return el("span", { class: "muted" }, "=");
+}
+
+/** A probability bar with its number beside it. */
+export function probBar(prob, max = 1) {
+  return el(
+    "div",
+    { class: "prob-cell" },
+    el("div", { class: "bar-track" }, el("div", { class: "bar-fill prob", style: { width: `${(100 * (prob || 0)) / (max || 1)}%` } })),
+    el("span", { class: "bar-value" }, pct(prob)),
+  );
+}
+
+/** The logit-lens rows of one node: rank, token, probability (bar and number), logit, Δrank. */
+export function lensRows(top, predicted, attrs = {}) {
+  const maxProb = Math.max(1e-12, ...top.map((t) => t.prob || 0));
+  return el(
+    "table",
+    { class: "data lens", ...attrs },
+    el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "token"), el("th", {}, "prob"), el("th", {}, "logit"), el("th", {}, "Δrank"))),
+    el(
+      "tbody",
+      {},
+      top.map((t, i) =>
+        el(
+          "tr",
+          { class: t.token === predicted ? "predicted" : "", title: t.token === predicted ? "the model's final prediction" : undefined },
+          el("td", { class: "num" }, (t.rank ?? i) + 1),
+          el("td", { class: "tokcell" }, showToken(t.text)),
+          el("td", {}, probBar(t.prob, maxProb)),
+          el("td", { class: "num" }, t.logit === undefined ? "–" : fmt(t.logit, 2)),
+          el("td", { class: "num" }, rankChange(t)),
+        ),
+      ),
+    ),
   );
 }
 
 /** The logit lens of a residual node with rank changes against the previous node. */
 export function lensPanel(data, { onFinalNorm, predicted }) {
   const strs = data.token_strs;
-  const toggle = el("input", { type: "checkbox", id: "lens-final-norm" });
-  toggle.checked = data.final_norm;
-  toggle.addEventListener("change", () => onFinalNorm(toggle.checked));
-  const change = (t) => {
-    if (t.rank_change === undefined) return el("span", { class: "muted" }, "–");
-    if (t.rank_change > 0) return el("span", { class: "up", title: `was #${t.prev_rank + 1}` }, `▲${t.rank_change}`);
-    if (t.rank_change < 0) return el("span", { class: "down", title: `was #${t.prev_rank + 1}` }, `▼${-t.rank_change}`);
-    return el("span", { class: "muted" }, "=");
-  };
-  const maxProb = Math.max(1e-12, ...data.top.map((t) => t.prob || 0));
+  let toggle = null;
+  if (onFinalNorm) {
+    toggle = el("input", { type: "checkbox", id: "lens-final-norm" });
+    toggle.checked = data.final_norm;
+    toggle.addEventListener("change", () => onFinalNorm(toggle.checked));
+  }
   return el(
     "div",
     {},
@@ -379,35 +410,10 @@ export function lensPanel(data, { onFinalNorm, predicted }) {
       { class: "kv" },
       el("span", {}, "position"),
       el("b", {}, `${data.position} · `, el("span", { class: "mono" }, showToken(strs[data.position]))),
-      el("span", {}, "entropy"),
-      el("b", {}, `${fmt(data.entropy, 2)} nats`),
-      el("span", {}, "compared with"),
-      el("b", {}, data.previous || "—"),
+      data.entropy !== undefined ? [el("span", {}, "entropy"), el("b", {}, `${fmt(data.entropy, 2)} nats`)] : null,
+      data.previous !== undefined ? [el("span", {}, "compared with"), el("b", {}, data.previous || "—")] : null,
     ),
-    el("label", { class: "check" }, toggle, "through the final norm"),
-    el(
-      "table",
-      { class: "data", id: "lens-table" },
-      el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "token"), el("th", {}, "prob"), el("th", {}, "logit"), el("th", {}, "Δrank"))),
-      el(
-        "tbody",
-        {},
-        data.top.map((t) =>
-          el(
-            "tr",
-            { class: t.token === predicted ? "predicted" : "", title: t.token === predicted ? "the model's final prediction" : undefined },
-            el("td", { class: "num" }, t.rank + 1),
-            el("td", { class: "tokcell" }, showToken(t.text)),
-            el(
-              "td",
-              {},
-              el("div", { class: "bar-track", title: pct(t.prob) }, el("div", { class: "bar-fill prob", style: { width: `${(100 * (t.prob || 0)) / maxProb}%` } })),
-            ),
-            el("td", { class: "num" }, fmt(t.logit, 2)),
-            el("td", { class: "num" }, change(t)),
-          ),
-        ),
-      ),
-    ),
+    toggle ? el("label", { class: "check" }, toggle, "through the final norm") : null,
+    lensRows(data.top, predicted, { id: "lens-table" }),
   );
 }

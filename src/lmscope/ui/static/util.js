@@ -1,4 +1,4 @@
-// Small helpers shared by the explorer: DOM building, token display, number formats, the API.
+// Small helpers shared by the explorer and the report: DOM building, token display, number formats, the API.
 
 /** Create an element: el("div", {class: "x", onclick: f}, child, "text", ...). */
 export function el(tag, attrs = {}, ...children) {
@@ -33,6 +33,11 @@ export function showToken(text) {
   if (text === null || text === undefined) return "∅";
   if (text === "") return "∅";
   return text.replace(/ /g, "·").replace(/\n/g, "↵").replace(/\t/g, "⇥").replace(/\r/g, "␍");
+}
+
+/** Text escaped for innerHTML. */
+export function esc(text) {
+  return String(text).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
 }
 
 export function fmt(x, digits = 3) {
@@ -127,11 +132,6 @@ export function ramp(value, rgb) {
   const t = Math.max(0, Math.min(1, value));
   const mix = (c) => Math.round(255 + (c - 255) * t);
   return `rgb(${mix(rgb[0])},${mix(rgb[1])},${mix(rgb[2])})`;
-}
-
-/** Diverging colour for a value in [-1, 1]: red below zero, green above. */
-export function diverging(value) {
-  return value >= 0 ? ramp(value, [15, 157, 88]) : ramp(-value, [217, 48, 37]);
 }
 
 export function debounce(fn, ms) {
