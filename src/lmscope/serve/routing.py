@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -22,13 +23,9 @@ class Route:
     targets: list[tuple[str, float]]  # (model id, weight), weights summing to 1
 
     def pick(self, rng: random.Random) -> str:
-        roll = rng.random()
-        acc = 0.0
-        for model_id, weight in self.targets:
-            acc += weight
-            if roll < acc:
-                return model_id
-        return self.targets[-1][0]
+        """A model id drawn with probability equal to its weight (never one of weight 0)."""
+        live = [(model_id, weight) for model_id, weight in self.targets if weight > 0]
+        return rng.choices([m for m, _ in live], weights=[w for _, w in live])[0]
 
 
 def parse_model_spec(text: str) -> ModelSpec:
@@ -42,31 +39,60 @@ def parse_model_spec(text: str) -> ModelSpec:
     return ModelSpec(model_id, source)
 
 
+ROUTE_FORM = "expected ALIAS=ID:WEIGHT,ID:WEIGHT, e.g. chat=v1:0.8,v2:0.2"
+
+
+def _parse_weight(alias: str, model_id: str, text: str) -> float:
+    if not text.strip():
+        return 1.0
+    try:
+        weight = float(text)
+    except ValueError:
+        raise RoutingError(
+            f"--route {alias}: weight {text.strip()!r} of {model_id!r} is not a number"
+        ) from None
+    if not math.isfinite(weight) or weight < 0:
+        raise RoutingError(
+            f"--route {alias}: weight {text.strip()!r} of {model_id!r} must be a finite number >= 0"
+        )
+    return weight
+
+
 def parse_route(text: str, known: set[str]) -> Route:
-    """`ALIAS=ID:WEIGHT,ID:WEIGHT`; weights are normalised to sum to 1."""
-    if "=" not in text:
-        raise RoutingError(f"bad --route {text!r}: expected ALIAS=ID:WEIGHT,ID:WEIGHT")
-    alias, spec = (part.strip() for part in text.split("=", 1))
-    targets: list[tuple[str, float]] = []
-    for item in spec.split(","):
-        model_id, _, weight_text = item.strip().partition(":")
-        if model_id not in known:
-            raise RoutingError(
-                f"--route {alias}: unknown model id {model_id!r}; served ids: {', '.join(sorted(known))}"
-            )
-        try:
-            weight = float(weight_text) if weight_text else 1.0
-        except ValueError:
-            raise RoutingError(f"--route {alias}: weight {weight_text!r} is not a number") from None
-        if weight < 0:
-            raise RoutingError(f"--route {alias}: weight {weight} is negative")
-        targets.append((model_id, weight))
-    total = sum(w for _, w in targets)
-    if not targets or total <= 0:
-        raise RoutingError(f"--route {alias}: weights must sum to more than 0")
+    """`ALIAS=ID:WEIGHT,ID:WEIGHT` (a missing weight is 1); weights are normalised to sum to 1."""
+    alias, eq, spec = (part.strip() for part in text.partition("="))
+    if not eq or not alias or not spec:
+        raise RoutingError(f"bad --route {text!r}: {ROUTE_FORM}")
     if alias in known:
         raise RoutingError(f"--route alias {alias!r} clashes with a served model id")
+    targets: list[tuple[str, float]] = []
+    for item in spec.split(","):
+        model_id, _, weight_text = (part.strip() for part in item.partition(":"))
+        if not model_id:
+            raise RoutingError(f"bad --route {text!r}: an empty model id; {ROUTE_FORM}")
+        if model_id not in known:
+            raise RoutingError(
+                f"--route {alias}: unknown model id {model_id!r}; "
+                f"served ids: {', '.join(sorted(known))}"
+            )
+        if model_id in (m for m, _ in targets):
+            raise RoutingError(f"--route {alias}: model id {model_id!r} is listed twice")
+        targets.append((model_id, _parse_weight(alias, model_id, weight_text)))
+    total = sum(w for _, w in targets)
+    if total <= 0:
+        raise RoutingError(f"--route {alias}: weights must sum to more than 0")
     return Route(alias, [(m, w / total) for m, w in targets])
+
+
+def parse_routes(texts: list[str], known: set[str]) -> dict[str, Route]:
+    """Every --route, by alias; an alias given twice is an error (not a silent override)."""
+    routes: dict[str, Route] = {}
+    for text in texts:
+        route = parse_route(text, known)
+        if route.alias in routes:
+            raise RoutingError(f"--route alias {route.alias!r} is given twice; give it once")
+        routes[route.alias] = route
+    return routes
 
 
 @dataclass
