@@ -1,8 +1,13 @@
-"""What every subcommand shares: turning user mistakes into one clear line, not a traceback."""
+"""What every subcommand shares: turning user mistakes into one clear line, not a traceback.
+
+Only lmscope's typed user errors (and a missing file) are user mistakes; any other exception,
+a plain KeyError or ValueError included, is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -12,19 +17,64 @@ import typer
 P = ParamSpec("P")
 R = TypeVar("R")
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
+
+class UsageError(ValueError):
+    """A command-line option or argument that cannot be used as given."""
+
+
+# (module, class) of every user-error family; imported only when an error needs classifying, so
+# that `lmscope --help` does not import torch.
+USER_ERROR_CLASSES = (
+    ("lmscope.model.config", "ConfigError"),
+    ("lmscope.engine.errors", "GenerationError"),
+    ("lmscope.engine.errors", "ContextLengthError"),
+    ("lmscope.engine.constraints", "ConstraintError"),
+    ("lmscope.zoo.errors", "ZooError"),
+    ("lmscope.zoo.gguf", "GGUFError"),
+    ("lmscope.zoo.default", "DefaultModelError"),
+    ("lmscope.zoo.registry", "UnknownModelError"),
+    ("lmscope.explain.errors", "ExplainInputError"),
+    ("lmscope.train.errors", "TrainError"),
+    ("lmscope.data.errors", "DataError"),
+    ("lmscope.evaluate.errors", "EvalError"),
+    ("lmscope.serve.routing", "RoutingError"),
+)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The exception classes reported as `error: ...` (those whose module imports)."""
+    found: list[type[BaseException]] = [UsageError, FileNotFoundError]
+    for module_name, class_name in USER_ERROR_CLASSES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # an area not installed or mid-move: its errors cannot occur
+            continue
+        cls = getattr(module, class_name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            found.append(cls)
+    return tuple(found)
+
+
+def is_user_error(err: BaseException) -> bool:
+    return isinstance(err, user_error_types())
+
+
+def fail(message: object) -> typer.Exit:
+    """Print `error: message` and give the exit (code 2) to raise."""
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(code=2)
 
 
 def user_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Report ValueError-family errors (lmscope's user errors) as `error: ...`, exit code 2."""
+    """Report lmscope's user errors as `error: ...` with exit code 2; let bugs raise."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except USER_ERRORS as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            print(f"error: {message}", file=sys.stderr)
-            raise typer.Exit(code=2) from None
+        except Exception as err:
+            if not is_user_error(err):
+                raise
+            raise fail(err) from None
 
     return wrapper

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
+import sys
 
 import typer
 
-from lmscope.commands.common import user_errors
+from lmscope.commands.common import UsageError, fail, user_errors
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything is loaded, so a port in use is one line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise UsageError(
+                f"port {port} on {host} is already in use; stop what is using it or pick "
+                "another with --port"
+            ) from None
+        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @user_errors
@@ -45,8 +67,12 @@ def serve(
         help="Prepack float32 weights for faster CPU decoding (costs one more copy of the "
         "weights in memory).",
     ),
+    threads: int | None = typer.Option(
+        None, help="CPU threads for torch (default: torch's choice, usually the core count)."
+    ),
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API, with explanations and the web explorer."""
+    import torch
     import uvicorn
 
     from lmscope.serve.app import create_app
@@ -54,15 +80,16 @@ def serve(
     from lmscope.serve.state import DTYPES, ServeSettings
 
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}")
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
     for name, value in (
         ("--max-batch", max_batch),
         ("--max-queue", max_queue),
         ("--max-seq-len", max_seq_len),
         ("--prefill-chunk", 1 if prefill_chunk is None else prefill_chunk),
+        ("--threads", 1 if threads is None else threads),
     ):
         if value < 1:
-            raise ValueError(f"{name} must be at least 1")
+            raise UsageError(f"{name} must be at least 1")
     settings = ServeSettings(
         models=[parse_model_spec(m) for m in model],
         routes=list(route),
@@ -77,12 +104,35 @@ def serve(
     )
     if prefill_chunk is not None:
         settings.prefill_chunk = prefill_chunk
+    if threads is not None:
+        torch.set_num_threads(threads)
+    sock = bind_socket(host, port)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    app = create_app(settings)
+    failure: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def load_failed(message: str) -> None:
+        failure.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_load_error=load_failed)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    n_threads = torch.get_num_threads()
     typer.echo(
-        f"lmscope: serving on http://{host}:{port} (explorer at /, API at /v1, docs at /docs)"
+        f"lmscope: serving on http://{host}:{port} with {n_threads} CPU "
+        f"thread{'' if n_threads == 1 else 's'} "
+        f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}); explorer at /, "
+        "API at /v1, docs at /docs"
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if failure:
+        sys.stdout.flush()
+        raise fail(f"could not load the model: {failure[0]}")
 
 
 def register(app: typer.Typer) -> None:
