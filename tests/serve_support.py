@@ -10,6 +10,8 @@ from contextlib import contextmanager
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
+from fastapi import FastAPI
 
 from lmscope.serve.app import create_app
 from lmscope.serve.state import ServeSettings
@@ -24,8 +26,15 @@ def free_port() -> int:
 @contextmanager
 def running_server(settings: ServeSettings, *, wait_ready: bool = True) -> Iterator[str]:
     """Serve `settings` on a background thread; yields the base URL."""
+    with running_app(create_app(settings), wait_ready=wait_ready) as base:
+        yield base
+
+
+@contextmanager
+def running_app(app: FastAPI, *, wait_ready: bool = True) -> Iterator[str]:
+    """Serve an app made by `create_app` on a background thread; yields the base URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -42,7 +51,7 @@ def running_server(settings: ServeSettings, *, wait_ready: bool = True) -> Itera
     else:
         raise RuntimeError("server did not become ready")
     try:
-        yield base
+        yield base, app
     finally:
         server.should_exit = True
         thread.join(timeout=10)

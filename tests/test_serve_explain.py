@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from lmscope.explain import explain
-from lmscope.serve import explain_routes
+from lmscope.serve import serving_explain
 from lmscope.serve.explain_cache import TraceCache, explain_traced, trace_prompt
 from lmscope.serve.routing import ModelSpec
 from lmscope.serve.state import ServeSettings
@@ -37,7 +38,10 @@ def reference(tiny_checkpoint: Path):  # type: ignore[no-untyped-def]
 
 
 def post(base: str, path: str, payload: dict[str, Any]) -> httpx.Response:
-    return httpx.post(base + path, json={"model": "tiny", **payload}, timeout=60)
+    # json.dumps escapes lone surrogates as JSON allows ("\\ud800"); httpx's encoder cannot.
+    body = json.dumps({"model": "tiny", **payload}).encode()
+    headers = {"content-type": "application/json"}
+    return httpx.post(base + path, content=body, headers=headers, timeout=60)
 
 
 def ok(base: str, path: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -226,11 +230,32 @@ def test_completion_and_messages(server: str, reference) -> None:  # type: ignor
         ("/v1/explain/head", {"prompt": PROMPT, "layer": 5, "head": 0}, "layer"),
         ("/v1/explain/head", {"prompt": PROMPT, "layer": 0, "head": 9}, "head"),
         ("/v1/explain/neurons", {"prompt": PROMPT, "layer": 0, "position": 50}, "position"),
-        ("/v1/explain/lens", {"prompt": PROMPT, "node": "L0/mlp"}, None),
-        ("/v1/explain/lens", {"prompt": PROMPT, "node": "nonsense"}, None),
+        ("/v1/explain/lens", {"prompt": PROMPT, "node": "L0/mlp"}, "node"),
+        ("/v1/explain/lens", {"prompt": PROMPT, "node": "nonsense"}, "node"),
+        ("/v1/explain/lens", {"prompt": PROMPT, "node": "L9/resid_post"}, "node"),
+        ("/v1/explain/lens", {"prompt": PROMPT, "node": "embed", "position": 40}, "position"),
         ("/v1/explain/saliency", {"prompt": PROMPT, "token": "quick brown fox"}, "token"),
         ("/v1/explain/saliency", {"prompt": PROMPT, "foil": 10**6}, "foil"),
         ("/v1/explain/saliency", {"prompt": PROMPT, "method": "shap"}, "method"),
+        # errors name their field from where they were found, not from their message's words
+        ("/v1/explain/saliency", {"prompt": PROMPT, "target": 40}, "target"),
+        ("/v1/explain/head", {"prompt": PROMPT, "layer": 0, "head": 0, "source": 40}, "source"),
+        ("/v1/explain/neurons", {"prompt": PROMPT, "layer": -9}, "layer"),
+        ("/v1/explain", {"prompt": "The quick", "completion_target": 0}, "completion_target"),
+        # lone UTF-16 surrogates are not text a tokenizer can encode
+        ("/v1/explain", {"prompt": "ab\ud800cd"}, "prompt"),
+        ("/v1/explain", {"prompt": "ab", "completion": "c\udfffd"}, "completion"),
+        (
+            "/v1/explain",
+            {"messages": [{"role": "user", "content": "a\ud800"}]},
+            "messages.[0].content",
+        ),
+        ("/v1/explain/saliency", {"prompt": PROMPT, "token": "\ud800"}, "token"),
+        ("/v1/explain/saliency", {"prompt": PROMPT, "foil": "x\udc00"}, "foil"),
+        ("/v1/explain/lens", {"prompt": PROMPT, "node": "embed\ud800"}, "node"),
+        # booleans are not integers
+        ("/v1/explain", {"prompt": [True, False]}, "prompt"),
+        ("/v1/explain", {"prompt": PROMPT, "target": True}, "target"),
     ],
 )
 def test_bad_input_is_a_400_openai_error(
@@ -258,14 +283,14 @@ def test_generation_completes_while_an_explanation_runs(
 ) -> None:
     """An explanation in progress must not block the event loop or the generation engine."""
     started, release = threading.Event(), threading.Event()
-    real = explain_routes.explain_traced
+    real = serving_explain.explain_traced
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         started.set()
         assert release.wait(30), "the test never released the explanation"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(explain_routes, "explain_traced", slow)
+    monkeypatch.setattr(serving_explain, "explain_traced", slow)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         pending = pool.submit(post, server, "/v1/explain", {"prompt": "To be, or not to be"})
         assert started.wait(30)
@@ -297,7 +322,33 @@ def test_trace_cache_is_a_bounded_lru(reference) -> None:  # type: ignore[no-unt
     got, cached = cache.get_or_build(c.key, lambda: pytest.fail("rebuilt a cached prompt"))
     assert got is c and cached
     assert c.flow("l1") is c.flow("l1")  # computed once
-    small = TraceCache(max_entries=8, max_bytes=1)
-    small.put(a)
-    small.put(b)
-    assert len(small) == 1 and small.get(b.key) is b  # the newest entry always stays
+
+
+def test_trace_cache_byte_bound_counts_flows_and_the_newest_entry(reference) -> None:  # type: ignore[no-untyped-def]
+    tok = reference.tokenizer
+
+    def entry(text: str):  # type: ignore[no-untyped-def]
+        return trace_prompt("m", reference.model, tok.encode(text), lambda t: tok.decode([t]))
+
+    a, b = entry("The quick brown fox"), entry("To be, or not to be")
+    flow_bytes = entry("To be, or not to be")
+    traced_b = flow_bytes.nbytes()
+    flow_bytes.flow("l1")
+    flow_b = flow_bytes.nbytes() - traced_b
+    assert flow_b > 0
+    # Room for both traces and b's flow, less one byte: b's flow, computed after b was cached,
+    # must push the least recently used entry out.
+    cache = TraceCache(max_entries=8, max_bytes=a.nbytes() + b.nbytes() + flow_b - 1)
+    cache.put(a)
+    cache.put(b)
+    assert len(cache) == 2
+    b.flow("l1")
+    assert len(cache) == 1 and cache.get(a.key) is None and cache.get(b.key) is b
+    assert cache.nbytes() <= cache.max_bytes
+    # An entry that alone exceeds the bound is not kept, but its builder still gets it.
+    tiny = TraceCache(max_entries=8, max_bytes=a.nbytes() - 1)
+    got, cached = tiny.get_or_build(a.key, lambda: a)
+    assert got is a and not cached and len(tiny) == 0
+    fits = TraceCache(max_entries=8, max_bytes=a.nbytes())
+    fits.put(a)
+    assert len(fits) == 1  # a's l1 flow is not computed yet: a fits exactly

@@ -3,7 +3,9 @@
 A click in the web explorer (another target, a head, a neuron, a lens node) asks about the same
 prompt again. Tracing and the information flow are the expensive steps, so each traced prompt
 keeps its `TraceView` and one `FlowGraph` per proximity norm. Entries are evicted least recently
-used first, by count and by the bytes their tensors hold.
+used first, by count and by the bytes their tensors hold, flows included: a flow computed after
+its entry was cached counts as soon as it exists, and an entry that alone exceeds the byte bound
+is not kept at all (the request that built it still gets it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from lmscope.explain import (
     explain_view,
     record,
 )
+from lmscope.explain.budget import ShouldStop
 from lmscope.model.transformer import Transformer
 
 CacheKey = tuple[str, tuple[int, ...]]
@@ -42,20 +45,30 @@ class TracedPrompt:
     view: TraceView
     flows: dict[str, FlowGraph] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    on_grow: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> CacheKey:
         return (self.model_id, tuple(self.tokens))
 
-    def flow(self, norm: str) -> FlowGraph:
-        """The flow for `norm`, computed on first use."""
+    def flow(self, norm: str, should_stop: ShouldStop | None = None) -> FlowGraph:
+        """The flow for `norm`, computed on first use (then `on_grow` is told)."""
         with self._lock:
             found = self.flows.get(norm)
         if found is not None:
             return found
-        flow = compute_flow(self.view.model, self.view, norm=norm, token_strs=self.token_strs)
+        flow = compute_flow(
+            self.view.model,
+            self.view,
+            norm=norm,
+            token_strs=self.token_strs,
+            should_stop=should_stop,
+        )
         with self._lock:
-            return self.flows.setdefault(norm, flow)
+            flow = self.flows.setdefault(norm, flow)
+        if self.on_grow is not None:
+            self.on_grow()
+        return flow
 
     def nbytes(self) -> int:
         trace = self.view.trace
@@ -92,11 +105,19 @@ class TraceCache:
             return entry
 
     def put(self, entry: TracedPrompt) -> TracedPrompt:
+        """Cache `entry` (evicting least recently used ones, `entry` itself if it alone is over
+        the byte bound) and return it."""
+        entry.on_grow = self._shrink
         with self._lock:
             self._items[entry.key] = entry
             self._items.move_to_end(entry.key)
-            self._evict(keep=entry.key)
+            self._evict()
             return entry
+
+    def nbytes(self) -> int:
+        """Bytes the cached tensors hold, flows included."""
+        with self._lock:
+            return sum(e.nbytes() for e in self._items.values())
 
     def get_or_build(
         self, key: CacheKey, build: Callable[[], TracedPrompt]
@@ -111,23 +132,31 @@ class TraceCache:
         with self._lock:
             self._items.clear()
 
-    def _evict(self, keep: CacheKey) -> None:
+    def _shrink(self) -> None:
+        """An entry grew (a new flow): enforce the bounds again."""
+        with self._lock:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop least recently used entries until both bounds hold (call under the lock)."""
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)
         total = sum(e.nbytes() for e in self._items.values())
-        for key in list(self._items):
-            if total <= self.max_bytes:
-                break
-            if key == keep:
-                continue
-            total -= self._items.pop(key).nbytes()
+        while self._items and total > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            total -= dropped.nbytes()
 
 
 def trace_prompt(
-    model_id: str, model: Transformer, tokens: list[int], decode: Callable[[int], str]
+    model_id: str,
+    model: Transformer,
+    tokens: list[int],
+    decode: Callable[[int], str],
+    *,
+    should_stop: ShouldStop | None = None,
 ) -> TracedPrompt:
     """Trace `tokens` once (the expensive forward pass the cache saves)."""
-    view = TraceView(model, record(model, tokens))
+    view = TraceView(model, record(model, tokens, should_stop=should_stop))
     return TracedPrompt(model_id, list(tokens), [decode(t) for t in tokens], view)
 
 
@@ -143,13 +172,15 @@ def explain_traced(
     saliency_token: int | None = None,
     decode: Callable[[int], str],
     prompt: str | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Explanation:
     """What `lmscope.explain.explain` returns, built from a cached trace and its cached flow,
     so every click in the explorer reuses the trace. saliency_token: the token gradient x input
-    explains (default: the top prediction), e.g. the token a completion actually produced."""
+    explains (default: the top prediction), e.g. the token a completion actually produced.
+    should_stop: checked between stages; True raises ExplanationCancelled."""
     explanation = explain_view(
         entry.view,
-        entry.flow(norm),
+        entry.flow(norm, should_stop),
         target=target,
         tau=tau,
         renormalise=renormalise,
@@ -160,6 +191,7 @@ def explain_traced(
         decode=decode,
         prompt=prompt,
         name=entry.model_id,
+        should_stop=should_stop,
     )
     explanation.token_strs = list(entry.token_strs)
     return explanation

@@ -33,7 +33,16 @@ def _tau(value: float) -> float:
 
 Tau = Annotated[Number, AfterValidator(_tau)]
 TopK = Annotated[StrictInt, Field(ge=1, le=100)]
-TokenRef = StrictInt | Text
+
+
+def _token_id(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"a token id is a non-negative integer, got {value}")
+    return value
+
+
+# Text first: a string's own error (e.g. a lone surrogate) is the one reported for the field.
+TokenRef = Text | Annotated[StrictInt, AfterValidator(_token_id)]
 
 
 # ---- requests --------------------------------------------------------------------------------
