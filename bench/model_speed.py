@@ -108,7 +108,7 @@ def prefill_hf(hf: Any, ids: list[int]) -> Callable[[], Any]:
 
 
 def decode_ours(model: Any, tokenizer: Any, prompts: list[list[int]]) -> Callable[[int], Any]:
-    from lmscope.model.generate import SamplingParams, generate_batch
+    from lmscope.engine import SamplingParams, generate_batch
 
     def run(n: int) -> Any:
         params = SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True)

@@ -56,7 +56,7 @@ def load_as_served(model_name: str) -> Any:
 
 
 def engine_for(loaded: Any, **options: Any) -> Any:
-    from lmscope.serve.engine import Engine
+    from lmscope.engine import Engine
     from lmscope.serve.metrics import ServerMetrics
 
     engine = Engine(
@@ -68,7 +68,7 @@ def engine_for(loaded: Any, **options: Any) -> Any:
 
 def in_process_decode(loaded: Any, max_tokens: int) -> float:
     """Single-stream decode tok/s through the same Engine the server uses, without HTTP."""
-    from lmscope.model.sampling import SamplingParams
+    from lmscope.engine import SamplingParams
 
     engine = engine_for(loaded, max_batch=8)
 
@@ -99,7 +99,7 @@ CLIENT = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=64))
 def long_prompt_stall(loaded: Any, prefill_chunk: int) -> tuple[float, float, float]:
     """(longest and median gap between a running stream's tokens, TTFT of the long prompt)
     while a 1536-token prompt arrives, with the engine's prefill chunk set as given."""
-    from lmscope.model.sampling import SamplingParams
+    from lmscope.engine import SamplingParams
 
     text = SHAKESPEARE.read_text()[:20000] if SHAKESPEARE.is_file() else " ".join(PROMPTS) * 40
     long_ids = loaded.tokenizer.encode(text)[:1536]

@@ -252,7 +252,7 @@ def bench_shakespeare(args: argparse.Namespace) -> None:
 
 def print_samples(model_dir: Path) -> None:
     """A few seeded samples from the trained model, so the figure comes with text."""
-    from lmscope.model.generate import generate
+    from lmscope.engine import generate
     from lmscope.zoo.registry import load
 
     loaded = load(str(model_dir))

@@ -60,7 +60,7 @@ def generate(
     """Generate text from MODEL, streaming it to the terminal as it is produced."""
     import torch
 
-    from lmscope.model.generate import GenerationError, SamplingParams, stream
+    from lmscope.engine import GenerationError, SamplingParams, stream
     from lmscope.model.prepacked import optimize_for_decoding
     from lmscope.zoo.registry import load
 

@@ -81,6 +81,18 @@ class AsyncEngine:
             self._thread.join(timeout=10)
 
     @property
+    def max_batch(self) -> int:
+        return self.scheduler.max_batch
+
+    @property
+    def prefill_chunk(self) -> int:
+        return self.scheduler.prefill_chunk
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        return self.scheduler.eos_ids
+
+    @property
     def waiting(self) -> int:
         return len(self._pending) + self.scheduler.waiting
 
