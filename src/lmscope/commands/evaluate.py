@@ -1,0 +1,129 @@
+"""`lmscope eval MODEL TASKS...` and `lmscope compare A B TASKS...`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from lmscope.commands.common import user_errors
+
+console = Console(stderr=True)
+
+
+def _load_specs(tasks: list[Path]) -> list[Any]:
+    from lmscope.evaluate.errors import EvalError
+    from lmscope.evaluate.tasks import load_tasks
+
+    specs = [spec for path in tasks for spec in load_tasks(path)]
+    names = [s.name for s in specs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise EvalError(f"task names {duplicated} appear in more than one task file; rename them")
+    return specs
+
+
+def _progress_factory() -> tuple[Any, Callable[[str], Callable[[int], None]]]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed} tokens"),
+        BarColumn(bar_width=None),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+    def for_task(name: str) -> Callable[[int], None]:
+        task_id = progress.add_task(name, total=None)
+        return lambda done: progress.advance(task_id, done)
+
+    return progress, for_task
+
+
+def _evaluate(
+    model: str, specs: list[Any], limit: int | None, threads: int | None
+) -> dict[str, Any]:
+    import torch
+
+    from lmscope.evaluate.runner import run_tasks
+    from lmscope.zoo.registry import load
+
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    if model.endswith(".json") and Path(model).is_file():
+        return dict(json.loads(Path(model).read_text(encoding="utf-8")))
+    lm = load(model)
+    if limit is not None:
+        specs = [s.model_copy(update={"limit": min(limit, s.limit or limit)}) for s in specs]
+    progress, for_task = _progress_factory()
+    with progress:
+        return run_tasks(lm, specs, progress=for_task)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    from lmscope.evaluate.report import metric_line
+
+    for task in report["tasks"]:
+        print(f"{task['name']} ({task['kind']}, {task['n_items']} items, {task['data_hash'][:19]})")
+        for name, m in task["metrics"].items():
+            print(f"  {metric_line(name, m)}")
+            if "signature" in m:
+                print(f"    sacrebleu signature: {m['signature']}")
+
+
+@user_errors
+def eval_command(
+    model: str = typer.Argument(..., help="Model name (see `lmscope models`) or path."),
+    tasks: list[Path] = typer.Argument(
+        ..., help="Task files (YAML), or plain .txt files for their perplexity."
+    ),
+    out: Path = typer.Option(Path("eval-out"), "--out", help="Directory for report.json/.html."),
+    limit: int | None = typer.Option(None, help="Evaluate only the first N items of each task."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """Evaluate MODEL on TASKS: every metric with its 95% CI and item count, JSON + HTML."""
+    from lmscope.evaluate.report import write_report
+
+    specs = _load_specs(tasks)
+    report = _evaluate(model, specs, limit, threads)
+    _print_report(report)
+    for path in write_report(report, out, "report"):
+        print(f"wrote {path}")
+
+
+@user_errors
+def compare_command(
+    model_a: str = typer.Argument(..., help="Version A: a model, or a report.json of `eval`."),
+    model_b: str = typer.Argument(..., help="Version B: a model, or a report.json of `eval`."),
+    tasks: list[Path] = typer.Argument(..., help="Task files both are evaluated on."),
+    out: Path = typer.Option(Path("compare-out"), "--out", help="Directory for the reports."),
+    limit: int | None = typer.Option(None, help="Evaluate only the first N items of each task."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """Compare A and B on the same items: paired differences with CIs, p-values, a verdict."""
+    from lmscope.evaluate.compare import compare_reports
+    from lmscope.evaluate.report import write_report
+
+    specs = _load_specs(tasks)
+    report_a = _evaluate(model_a, specs, limit, threads)
+    report_b = _evaluate(model_b, specs, limit, threads)
+    comparison = compare_reports(report_a, report_b)
+    for task in comparison["tasks"]:
+        print(f"{task['name']} ({task['kind']}, {task['n_items']} items)")
+        for line in task["verdicts"] + task["notes"]:
+            print(f"  {line}")
+    written = write_report(report_a, out, "a") + write_report(report_b, out, "b")
+    written += write_report(comparison, out, "compare")
+    for path in written:
+        print(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)
+    app.command("compare")(compare_command)
