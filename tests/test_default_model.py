@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -44,15 +43,15 @@ def test_chat_template_and_special_tokens(default_model) -> None:  # type: ignor
     assert cfg.tie_embeddings and cfg.positional == "rope" and cfg.rope_theta == 100000.0
 
 
-def test_cached_load_is_fast_and_stamped(default_model) -> None:  # type: ignore[no-untyped-def]
+def test_cached_load_is_stamped(default_model) -> None:  # type: ignore[no-untyped-def]
+    """The second load reads the converted cache without converting again (bench/explain_speed.py
+    prints how long it takes)."""
     entry = EMBEDDED_MODELS[DEFAULT_MODEL]
     assert entry.is_cached()
-    start = time.perf_counter()
+    written = {p.name: p.stat().st_mtime_ns for p in entry.cache_dir().iterdir()}
     again = load(DEFAULT_MODEL)
-    elapsed = time.perf_counter() - start
     assert again.model.cfg == default_model.model.cfg
-    # generous bound for a loaded CI machine; the benchmark reports the real figure
-    assert elapsed < 5.0
+    assert {p.name: p.stat().st_mtime_ns for p in entry.cache_dir().iterdir()} == written
     stamp = json.loads((entry.cache_dir() / "lmscope-source.json").read_text())
     assert stamp["source"].endswith(".gguf")
 
