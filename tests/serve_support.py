@@ -11,7 +11,6 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 from fastapi import FastAPI
-from fastapi import FastAPI
 
 from lmscope.serve.app import create_app
 from lmscope.serve.state import ServeSettings
@@ -51,7 +50,7 @@ def running_app(app: FastAPI, *, wait_ready: bool = True) -> Iterator[str]:
     else:
         raise RuntimeError("server did not become ready")
     try:
-        yield base, app
+        yield base
     finally:
         server.should_exit = True
         thread.join(timeout=10)
