@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -294,15 +293,15 @@ def test_generation_completes_while_an_explanation_runs(
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         pending = pool.submit(post, server, "/v1/explain", {"prompt": "To be, or not to be"})
         assert started.wait(30)
-        t0 = time.monotonic()
         gen = post(server, "/v1/completions", {"prompt": "To be", "max_tokens": 6})
         assert gen.status_code == 200, gen.text
         assert gen.json()["usage"]["completion_tokens"] >= 1
         assert httpx.get(server + "/health", timeout=5).status_code == 200
-        assert not pending.done() and time.monotonic() - t0 < 20
+        assert not pending.done()  # answered while the explanation is still held
         release.set()
         explained = pending.result(timeout=60)
-    assert explained.status_code == 200 and explained.json()["target"] >= 0
+    assert explained.status_code == 200, explained.text
+    assert explained.json()["target"] == len(explained.json()["tokens"]) - 1
 
 
 def test_trace_cache_is_a_bounded_lru(reference) -> None:  # type: ignore[no-untyped-def]
