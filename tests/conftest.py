@@ -83,21 +83,12 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(0)
-    cfg = ModelConfig(
+    cfg = ModelConfig.from_name(
+        "tiny-llama",
         vocab_size=len(tokenizer),
         d_model=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
+        d_mlp=256,
         n_ctx=256,
-        positional="rope",
-        norm="rmsnorm",
-        activation="silu",
-        gated_mlp=True,
-        qkv_bias=False,
-        out_bias=False,
-        mlp_bias=False,
-        architecture="llama",
         eos_token_id=tokenizer.eos_token_id,
     )
     path = tmp_path_factory.mktemp("tiny") / "tiny-llama"

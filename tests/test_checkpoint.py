@@ -27,14 +27,9 @@ from lmscope.zoo.errors import CheckpointError
 
 
 def tiny_model(**overrides: Any) -> Transformer:
-    settings: dict[str, Any] = dict(
-        vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=48, n_ctx=32,
-        positional="rope", norm="rmsnorm", activation="silu", gated_mlp=True, qkv_bias=False,
-        out_bias=False, mlp_bias=False, tie_embeddings=False,
-    )  # fmt: skip
-    settings.update(overrides)
+    sizes: dict[str, Any] = dict(vocab_size=50, d_mlp=48, n_ctx=32)
     torch.manual_seed(0)
-    return Transformer(ModelConfig(**settings)).eval()
+    return Transformer(ModelConfig.from_name("tiny-mistral", **{**sizes, **overrides})).eval()
 
 
 TOKENS = torch.tensor([[1, 5, 9, 2, 7, 3, 11, 4]])

@@ -21,28 +21,14 @@ from lmscope.explain import (
 )
 from lmscope.explain.budget import bytes_per_point, points_per_batch, saved_floats_per_token
 from lmscope.model.config import ModelConfig
+from lmscope.model.presets import preset_fields
 from lmscope.model.transformer import Transformer
 from test_explain_support import FAMILIES, tiny_model, tokens
 
 T = 8
 
 # SmolLM2-135M's block shapes (2 of its 30 layers, a small vocabulary): the default model.
-SMOLLM2_SHAPES = dict(
-    vocab_size=64,
-    d_model=576,
-    n_layers=2,
-    n_heads=9,
-    n_kv_heads=3,
-    d_mlp=1536,
-    n_ctx=64,
-    positional="rope",
-    norm="rmsnorm",
-    activation="silu",
-    gated_mlp=True,
-    qkv_bias=False,
-    out_bias=False,
-    mlp_bias=False,
-)
+SMOLLM2_SHAPES = preset_fields("smollm2-135m", vocab_size=64, n_layers=2, n_ctx=64)
 
 
 def saved_bytes(model: Transformer, n_points: int, n_tokens: int) -> int:

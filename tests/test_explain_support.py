@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from lmscope.model.config import ModelConfig
+from lmscope.model.presets import family_fields
 from lmscope.model.transformer import Transformer
 
 VOCAB = 64
@@ -15,39 +16,11 @@ VOCAB = 64
 # Every architectural variant the canonical model supports, at toy size. init_std is large so
 # attention is far from uniform and the routes are not trivially "residual only".
 FAMILIES: dict[str, dict[str, Any]] = {
-    "gpt2": dict(positional="learned", norm="layernorm", activation="gelu_tanh"),
-    "llama_gqa": dict(
-        positional="rope",
-        norm="rmsnorm",
-        activation="silu",
-        gated_mlp=True,
-        n_kv_heads=2,
-        qkv_bias=False,
-        out_bias=False,
-        mlp_bias=False,
-        tie_embeddings=False,
-    ),
-    "mqa_qkv_bias": dict(
-        positional="rope",
-        norm="rmsnorm",
-        activation="silu",
-        gated_mlp=True,
-        n_kv_heads=1,
-        qkv_bias=True,
-        out_bias=False,
-        mlp_bias=False,
-    ),
-    "neox_parallel": dict(
-        positional="rope",
-        rotary_pct=0.25,
-        norm="layernorm",
-        activation="gelu",
-        parallel_attn_mlp=True,
-        tie_embeddings=False,
-    ),
-    "opt_sinusoidal_relu": dict(
-        positional="sinusoidal", norm="layernorm", activation="relu", unembed_bias=True
-    ),
+    "gpt2": family_fields("tiny-gpt2"),
+    "llama_gqa": family_fields("tiny-mistral"),  # LLaMA layout, GQA, untied
+    "mqa_qkv_bias": family_fields("tiny-qwen2-mqa"),
+    "neox_parallel": family_fields("tiny-neox"),
+    "opt_sinusoidal_relu": family_fields("tiny-sinusoidal"),
 }
 
 

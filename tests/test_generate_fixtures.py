@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerFast
 
 from conftest import build_tiny_tokenizer
 from lmscope.model.config import ModelConfig
+from lmscope.model.presets import family_fields
 from lmscope.model.transformer import Transformer
 
 VOCAB = 300
@@ -18,17 +19,8 @@ LINES = [
     "Héllo wörld — naïve café ☕ 日本語 テキスト 🙂",
     "def f(x):\n    return x * 2\n",
 ]
-LLAMA_LIKE: dict[str, Any] = dict(
-    positional="rope",
-    norm="rmsnorm",
-    activation="silu",
-    gated_mlp=True,
-    n_kv_heads=2,
-    qkv_bias=False,
-    out_bias=False,
-    mlp_bias=False,
-)
-GPT2_LIKE: dict[str, Any] = dict(positional="learned", activation="gelu_tanh")
+LLAMA_LIKE: dict[str, Any] = family_fields("tiny-llama")
+GPT2_LIKE: dict[str, Any] = family_fields("tiny-gpt2")
 
 
 def tiny_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:

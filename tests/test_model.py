@@ -10,33 +10,11 @@ import torch.nn.functional as F
 
 from lmscope.model.config import ConfigError, ModelConfig
 from lmscope.model.positional import apply_rope, rope_tables, sinusoidal_table
+from lmscope.model.presets import PRESETS, TINY_FAMILIES, family_fields, preset_fields
 from lmscope.model.transformer import Transformer
 
-FAMILIES = {
-    "gpt2-like": dict(positional="learned", activation="gelu_tanh"),
-    "opt-like": dict(positional="learned", activation="relu"),
-    "llama-like-gqa": dict(
-        positional="rope",
-        norm="rmsnorm",
-        activation="silu",
-        gated_mlp=True,
-        n_kv_heads=2,
-        qkv_bias=False,
-        out_bias=False,
-        mlp_bias=False,
-    ),
-    "mqa-untied": dict(positional="rope", n_kv_heads=1, tie_embeddings=False),
-    "neox-like-parallel": dict(
-        positional="rope", rotary_pct=0.25, parallel_attn_mlp=True, tie_embeddings=False
-    ),
-    "sinusoidal-nobias": dict(
-        positional="sinusoidal", qkv_bias=False, norm_bias=False, activation="gelu"
-    ),
-    "rope-llama3-scaling": dict(
-        positional="rope",
-        rope_scaling={"type": "llama3", "factor": 8.0, "original_max_position_embeddings": 16},
-    ),
-}
+# Every family and variant, from the one table of tiny presets (sizes are set by make_model).
+FAMILIES = {name: family_fields(name) for name in TINY_FAMILIES}
 
 
 def make_model(seed: int = 0, **overrides: object) -> Transformer:
@@ -113,7 +91,7 @@ def test_trace_name_filter_keeps_only_requested() -> None:
         tr["blocks.0.hook_resid_pre"]
 
 
-@pytest.mark.parametrize("family", ["gpt2-like", "llama-like-gqa", "neox-like-parallel"])
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama", "tiny-neox"])
 def test_kv_cache_decoding_matches_full_forward(family: str) -> None:
     model = make_model(**FAMILIES[family])
     tokens = torch.randint(0, 101, (2, 20))
@@ -128,7 +106,7 @@ def test_kv_cache_decoding_matches_full_forward(family: str) -> None:
 
 
 def test_left_padding_matches_unpadded_rows() -> None:
-    model = make_model(**FAMILIES["llama-like-gqa"])
+    model = make_model(**FAMILIES["tiny-llama"])
     short, long = torch.randint(0, 101, (5,)), torch.randint(0, 101, (9,))
     batch = torch.zeros(2, 9, dtype=torch.long)
     batch[0, 4:], batch[1] = short, long
@@ -203,7 +181,7 @@ def test_gqa_equals_mha_with_repeated_kv_weights() -> None:
 
 def test_reference_forward_written_independently() -> None:
     """A loop-over-heads LLaMA-style forward written from the formulas, not from our modules."""
-    model = make_model(**FAMILIES["llama-like-gqa"])
+    model = make_model(**FAMILIES["tiny-llama"])
     cfg = model.cfg
     tokens = torch.randint(0, 101, (1, 11))
     T, H, K, d = 11, cfg.n_heads, cfg.kv_heads, cfg.head_dim
@@ -245,7 +223,7 @@ def test_reference_forward_written_independently() -> None:
 
 
 def test_parallel_block_reads_the_same_residual_for_both_branches() -> None:
-    model = make_model(**FAMILIES["neox-like-parallel"])
+    model = make_model(**FAMILIES["tiny-neox"])
     tokens = torch.randint(0, 101, (1, 8))
     with torch.no_grad():
         tr = model.run_with_trace(tokens)
@@ -298,14 +276,14 @@ def test_unknown_config_keys_are_named() -> None:
 
 
 def test_parameter_counts_add_up() -> None:
-    model = make_model(**FAMILIES["mqa-untied"])
+    model = make_model(**FAMILIES["tiny-mistral"])
     counts = model.parameter_counts()
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     assert counts["unembed"] == 101 * 48
 
 
 def test_slot_cache_decodes_ragged_rows_like_each_row_alone() -> None:
-    model = make_model(**FAMILIES["llama-like-gqa"])
+    model = make_model(**FAMILIES["tiny-llama"])
     prompts = [torch.randint(0, 101, (n,)) for n in (3, 9, 6)]
     slots = model.new_slot_cache(slots=4, max_len=32)
     with torch.no_grad():
@@ -330,3 +308,32 @@ def test_slot_cache_decodes_ragged_rows_like_each_row_alone() -> None:
                     continue
                 assert (got - full[t + 1]).abs().max() < 1e-5, (row, t)
     assert slots.n_active == 2 and slots.free == 2
+
+
+def test_every_preset_builds_and_overrides_apply() -> None:
+    for name in PRESETS:
+        cfg = ModelConfig.from_name(name)
+        assert cfg == ModelConfig.from_dict(cfg.to_dict())
+    tiny = ModelConfig.from_name("tiny-llama", vocab_size=101, n_layers=1)
+    assert (tiny.vocab_size, tiny.n_layers, tiny.kv_heads, tiny.norm) == (101, 1, 2, "rmsnorm")
+    gpt2 = ModelConfig.from_name("gpt2")
+    counts = Transformer(ModelConfig.from_name("gpt2", n_layers=1)).parameter_counts()
+    assert (gpt2.d_model, gpt2.n_layers, gpt2.activation) == (768, 12, "gelu_tanh")
+    assert counts["embed"] == 50257 * 768 and counts["pos_embed"] == 1024 * 768
+
+
+def test_tiny_families_are_all_different_and_carry_no_sizes() -> None:
+    families = [family_fields(name) for name in TINY_FAMILIES]
+    assert all("d_model" not in f and "vocab_size" not in f for f in families)
+    configs = [ModelConfig(**f).to_dict() for f in families]
+    for config in configs:
+        config.pop("architecture")
+    assert len({repr(sorted(c.items())) for c in configs}) == len(TINY_FAMILIES)
+
+
+def test_unknown_preset_names_the_close_one_and_the_list() -> None:
+    with pytest.raises(ConfigError, match=r"'tiny-lama' \(did you mean 'tiny-llama'\?\).*gpt2"):
+        ModelConfig.from_name("tiny-lama")
+    fields = preset_fields("tiny-rope-llama3")
+    fields["rope_scaling"]["factor"] = 1.0  # a fresh copy: the table itself is unchanged
+    assert preset_fields("tiny-rope-llama3")["rope_scaling"]["factor"] == 8.0

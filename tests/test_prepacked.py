@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from lmscope.model.generate import SamplingParams, generate_batch
+from lmscope.engine import SamplingParams, generate_batch
 from lmscope.model.transformer import Transformer
 from test_generate_fixtures import tiny_tokenizer
 from test_model import FAMILIES, make_model
@@ -17,23 +17,16 @@ pytestmark = pytest.mark.skipif(
     not make_model().enable_prepacked(), reason="oneDNN is not available in this torch build"
 )
 
-FAST_FAMILIES = {
-    **FAMILIES,
-    "unembed-bias-gelu-gated": dict(
-        positional="rope", gated_mlp=True, activation="gelu", unembed_bias=True, n_kv_heads=2
-    ),
-}
-
 
 def pair(family: str, **overrides: object) -> tuple[Transformer, Transformer]:
     """(reference, fast) copies of one model with non-trivial norms and biases."""
-    reference = make_model(**{**FAST_FAMILIES[family], **overrides})
+    reference = make_model(**{**FAMILIES[family], **overrides})
     fast = copy.deepcopy(reference)
     assert fast.enable_prepacked()
     return reference, fast
 
 
-@pytest.mark.parametrize("family", sorted(FAST_FAMILIES))
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_full_sequence_logits_match_the_reference(family: str) -> None:
     reference, fast = pair(family)
     tokens = torch.randint(0, 101, (2, 23))
@@ -45,7 +38,7 @@ def test_full_sequence_logits_match_the_reference(family: str) -> None:
     assert torch.equal(last, got[:, -1:])
 
 
-@pytest.mark.parametrize("family", sorted(FAST_FAMILIES))
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_cached_decoding_with_left_padding_matches_the_reference(family: str) -> None:
     reference, fast = pair(family)
     tokens = torch.randint(0, 101, (2, 9))
@@ -65,7 +58,7 @@ def test_cached_decoding_with_left_padding_matches_the_reference(family: str) ->
     assert (outputs[0] - outputs[1]).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("family", ["llama-like-gqa", "gpt2-like", "neox-like-parallel"])
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-gpt2", "tiny-neox"])
 def test_slot_cache_decoding_matches_the_reference(family: str) -> None:
     reference, fast = pair(family)
     prompts = [torch.randint(0, 101, (1, n)) for n in (3, 7, 5)]
@@ -88,7 +81,7 @@ def test_slot_cache_decoding_matches_the_reference(family: str) -> None:
 
 def test_greedy_generation_is_unchanged_on_a_real_tokenizer() -> None:
     tok = tiny_tokenizer()
-    reference = make_model(vocab_size=len(tok), **FAMILIES["llama-like-gqa"])
+    reference = make_model(vocab_size=len(tok), **FAMILIES["tiny-llama"])
     fast = copy.deepcopy(reference)
     fast.enable_prepacked()
     prompts = ["The quick brown", "A", "Once upon a time there"]
@@ -99,7 +92,7 @@ def test_greedy_generation_is_unchanged_on_a_real_tokenizer() -> None:
 
 
 def test_autograd_training_mode_and_changed_weights_use_the_reference_path() -> None:
-    reference, fast = pair("llama-like-gqa")
+    reference, fast = pair("tiny-llama")
     tokens = torch.randint(0, 101, (1, 6))
     logits = fast(tokens)  # autograd on: the reference path, which can be differentiated
     assert logits.requires_grad
@@ -122,7 +115,7 @@ def test_autograd_training_mode_and_changed_weights_use_the_reference_path() -> 
 
 
 def test_packing_leaves_parameters_and_the_trace_path_alone() -> None:
-    reference, fast = pair("llama-like-gqa")
+    reference, fast = pair("tiny-llama")
     packed_state = fast.state_dict()
     for name, want in reference.state_dict().items():
         assert torch.equal(want, packed_state[name]), name

@@ -147,6 +147,15 @@ class ModelConfig:
                     f"rope_scaling type must be one of {ROPE_SCALING_KINDS}, got {kind!r}"
                 )
 
+    # ---- named presets -------------------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named preset (`lmscope.model.presets`: published shapes such as "gpt2" and the
+        tiny "tiny-*" family models), with any field overridden by keyword."""
+        from lmscope.model.presets import preset_fields
+
+        return cls(**preset_fields(name, **overrides))
+
     # ---- (de)serialisation --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
