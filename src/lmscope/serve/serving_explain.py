@@ -41,6 +41,7 @@ from lmscope.explain import (
     promoted_by_neuron,
     top_neurons,
 )
+from lmscope.explain.budget import DEFAULT_MEMORY_BUDGET
 from lmscope.explain.errors import ExplainInputError, ExplanationCancelled, check_position
 from lmscope.explain.heads import check_head, check_layer
 from lmscope.explain.lens import parse_node
@@ -72,6 +73,8 @@ MAX_EXPLAIN_TOKENS = 512
 CACHE_ENTRIES = 8
 CACHE_BYTES = 1 << 30
 DISCONNECT_POLL_S = 0.1
+# Activation bytes one integrated-gradients pass may hold; the steps are chunked to fit.
+IG_MEMORY_BUDGET = DEFAULT_MEMORY_BUDGET
 
 T = TypeVar("T")
 ShouldStop = Callable[[], bool]
@@ -464,6 +467,7 @@ class ExplainServing:
                     foil,
                     body.score,
                     body.n_steps,
+                    memory_budget=IG_MEMORY_BUDGET,
                     should_stop=should_stop,
                 )
             else:
