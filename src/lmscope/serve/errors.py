@@ -105,9 +105,14 @@ def _clean(message: str) -> str:
 
 
 def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
-    """One message and the first field's `param` for a list of pydantic errors. Each field is
-    reported once (a union reports every member's failure; the first is the most specific)."""
+    """One message and the first field's `param` for a list of pydantic errors; each field is
+    reported once."""
     seen: dict[str | None, str] = {}
+    # A union reports every member's failure; when a validator said what is wrong, the
+    # members whose type did not even match are noise.
+    explained = [item for item in errors if (item.get("ctx") or {}).get("error") is not None]
+    if explained and not any(item.get("type") == "json_invalid" for item in errors):
+        errors = explained
     for item in errors:
         cause = (item.get("ctx") or {}).get("error")
         if item.get("type") == "json_invalid":

@@ -5,6 +5,8 @@ server-sent events of typed chunks."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -15,19 +17,13 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from lmscope.engine.errors import ContextLengthError as EngineContextLengthError
-from lmscope.engine.errors import GenerationError, QueueFullError
-from lmscope.model.sampling import GenerationError as SamplingError
-from lmscope.serve.engine import ContextLengthError
-from lmscope.serve.engine import QueueFullError as OldQueueFullError
+from lmscope.engine.errors import ContextLengthError, GenerationError, QueueFullError
 from lmscope.serve.errors import APIError, error_payload
 from lmscope.serve.protocol import FieldError, SamplingRequest
 from lmscope.serve.state import ServedModel, ServerState
 
 T = TypeVar("T")
-
-QUEUE_ERRORS = (QueueFullError, OldQueueFullError)
-CONTEXT_ERRORS = (ContextLengthError, EngineContextLengthError)
+log = logging.getLogger("lmscope.serve")
 
 
 @dataclass
@@ -77,7 +73,7 @@ def sampling_params(
         )
     except FieldError as err:
         raise APIError.invalid(err) from None
-    except (GenerationError, SamplingError) as err:
+    except GenerationError as err:
         raise APIError(400, str(err), code="invalid_value") from None
 
 
@@ -112,7 +108,7 @@ async def _one(
     """The events of one engine request with the server's error mapping and a deadline."""
     try:
         stream = served.engine.generate(job.prompt, job.params, prompt_logprobs=job.prompt_logprobs)
-    except QUEUE_ERRORS as err:
+    except QueueFullError as err:
         raise busy(served, str(err)) from None
     try:
         while True:
@@ -127,13 +123,16 @@ async def _one(
                 raise APIError(
                     408, f"request timed out after {timeout:g} s", code="timeout"
                 ) from None
-            except QUEUE_ERRORS as err:
+            except QueueFullError as err:
                 raise busy(served, str(err)) from None
-            except CONTEXT_ERRORS as err:
+            except ContextLengthError as err:
                 raise APIError(
                     400, str(err), param="max_tokens", code="context_length_exceeded"
                 ) from None
-            if event.finish_reason == "error" or getattr(event, "error", None) is not None:
+            if event.error is not None or event.finish_reason == "error":
+                log.error(
+                    json.dumps({"event": "engine_error", "model": served.id}), exc_info=event.error
+                )
                 raise engine_failure()
             yield event
     finally:
@@ -237,8 +236,6 @@ async def _sse(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
         async for chunk in chunks:
             yield f"data: {chunk.model_dump_json(exclude_unset=False)}\n\n"
     except APIError as err:
-        import json
-
         payload = error_payload(err.status, err.message, err.param, err.code)
         yield f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
     yield "data: [DONE]\n\n"

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
+from lmscope.engine import PREFILL_CHUNK, Engine
 from lmscope.model.prepacked import optimize_for_decoding
-from lmscope.serve.engine import PREFILL_CHUNK, Engine
 from lmscope.serve.errors import APIError
 from lmscope.serve.metrics import ServerMetrics
-from lmscope.serve.routing import ModelSpec, Router, parse_route
+from lmscope.serve.routing import ModelSpec, Router, parse_routes
 
 log = logging.getLogger("lmscope.serve")
 
@@ -64,7 +64,7 @@ class ServerState:
         if len(set(ids)) != len(ids):
             raise ValueError(f"model ids must be unique, got {ids}")
         known = set(ids)
-        routes = {r.alias: r for r in (parse_route(text, known) for text in settings.routes)}
+        routes = parse_routes(list(settings.routes), known)
         self.router = Router(ids, routes)
         self.models: dict[str, ServedModel] = {}
         self.ready = threading.Event()

@@ -6,7 +6,6 @@ response and every stream chunk is a model here, so routes never build raw dicts
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from lmscope.model.sampling import SamplingParams
+from lmscope.engine.sampling import SamplingParams
 from lmscope.serve.protocol.common import (
     LOGPROBS_LIMIT,
     MAX_TOKENS_LIMIT,
@@ -39,7 +38,6 @@ from lmscope.serve.protocol.common import (
 TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
 MaxTokens = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_LIMIT)]
 Penalty = Annotated[Number, Field(ge=-2.0, le=2.0)]
-_SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
 
 class StreamOptions(BaseModel):
@@ -112,23 +110,6 @@ class SamplingRequest(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def _penalties(self, processors: tuple[Any, ...]) -> dict[str, Any]:
-        """presence/frequency penalties and logit bias, as far as the engine implements them;
-        a field set to something the engine cannot do is refused, never ignored."""
-        wanted: dict[str, Any] = {}
-        if self.presence_penalty:
-            wanted["presence_penalty"] = self.presence_penalty
-        if self.frequency_penalty:
-            wanted["frequency_penalty"] = self.frequency_penalty
-        if self.logit_bias:
-            wanted["logit_bias"] = {int(k): float(v) for k, v in self.logit_bias.items()}
-        if processors:
-            wanted["logits_processors"] = processors
-        for name in wanted:
-            if name not in _SAMPLING_FIELDS:
-                raise FieldError(f"{name} is not supported by this server", name)
-        return wanted
-
     def to_sampling_params(
         self,
         max_tokens: int,
@@ -150,7 +131,10 @@ class SamplingRequest(BaseModel):
             seed=seed,
             logprobs=logprobs,
             ignore_eos=self.ignore_eos,
-            **self._penalties(processors),
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            logits_processors=processors,
         )
 
 
