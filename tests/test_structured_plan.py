@@ -15,9 +15,10 @@ from lmscope.serve.structured import apply_structured, parse_tool_calls, templat
 
 pytest.importorskip("llguidance")
 
-# A Hermes-style template that shows tools in the system turn, as Qwen2.5's does.
+# A template that lists the tools in a system turn (short: the tiny test model has 256 positions).
 TOOL_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\nTools:{% for t in tools %}\n{{ t | tojson }}{% endfor %}"
+    "{% if tools %}<|im_start|>system\nTools:{% for t in tools %} {{ t['function']['name'] }}"
+    "{% endfor %}"
     "<|im_end|>\n{% endif %}"
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -230,7 +231,7 @@ def test_tools_reach_the_template_unless_choice_is_none(tool_tok) -> None:  # ty
     prompt = tool_tok.apply_chat_template(
         MESSAGES, tokenize=False, add_generation_prompt=True, **plan.template_kwargs
     )
-    assert '"name": "get_weather"' in prompt and '"name": "get_time"' in prompt
+    assert "Tools: get_weather get_time<|im_end|>" in prompt
     none = apply_structured({"tools": [WEATHER], "tool_choice": "none"}, tool_tok)
     assert not none.active and none.template_kwargs == {}
 
@@ -283,3 +284,37 @@ def test_parse_tool_calls() -> None:
     assert parse_tool_calls('{"name": "a", "arguments": "x"}', names) == []
     assert parse_tool_calls("<tool_call>{oops</tool_call>", names) == []
     assert parse_tool_calls("plain words", names) == []
+
+
+def test_stream_deltas_number_their_tool_calls(tool_tok) -> None:  # type: ignore[no-untyped-def]
+    plan = apply_structured({"tools": [WEATHER, TIME]}, tool_tok)
+    two = (
+        '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    )
+    fields, finish = plan.delta(two, "stop")
+    assert finish == "tool_calls"
+    assert [c["index"] for c in fields["tool_calls"]] == [0, 1]
+    assert [c["function"]["name"] for c in fields["tool_calls"]] == ["get_time", "get_weather"]
+    assert "index" not in plan.message(two, "stop")[0]["tool_calls"][0]
+    assert plan.delta("hi", "stop") == ({"content": "hi"}, "stop")
+
+
+def test_tool_parameters_with_local_refs_keep_working_inside_the_call(tool_tok) -> None:  # type: ignore[no-untyped-def]
+    """`$ref`s of a tool's parameters point into its place in the call schema (pydantic emits
+    `#/$defs/...`)."""
+    parameters = {
+        "$defs": {"Unit": {"enum": ["c", "f"]}},
+        "type": "object",
+        "properties": {"unit": {"$ref": "#/$defs/Unit"}},
+        "required": ["unit"],
+        "additionalProperties": False,
+    }
+    tools = [
+        {"type": "function", "function": {"name": name, "parameters": parameters}}
+        for name in ("a", "b")
+    ]
+    for choice in ("required", {"type": "function", "function": {"name": "b"}}):
+        plan = apply_structured({"tools": tools, "tool_choice": choice}, tool_tok)
+        message, _ = plan.message(run(tool_tok, plan.processors()), "stop")
+        assert json.loads(message["tool_calls"][0]["function"]["arguments"])["unit"] in ("c", "f")

@@ -187,7 +187,7 @@ class OpenAIServingChat:
                 if hold:
                     held[choice].append(event.text)
                     if event.finish_reason:
-                        fields, reason = plan.message("".join(held[choice]), event.finish_reason)
+                        fields, reason = plan.delta("".join(held[choice]), event.finish_reason)
                         yield self._chunk(served, choice, DeltaMessage(**fields), reason)
                     continue
                 if event.text or event.finish_reason:

@@ -92,6 +92,14 @@ class StructuredPlan:
         ]
         return {"content": None, "tool_calls": tool_calls}, "tool_calls"
 
+    def delta(self, text: str, finish_reason: str) -> tuple[dict[str, Any], str]:
+        """`message` for a stream's closing chunk: each tool call also carries its `index`, as
+        OpenAI's stream deltas do (clients accumulate calls by it)."""
+        fields, reason = self.message(text, finish_reason)
+        if fields.get("tool_calls"):
+            fields["tool_calls"] = [{"index": i, **c} for i, c in enumerate(fields["tool_calls"])]
+        return fields, reason
+
 
 def _function(name: str, arguments: Any) -> dict[str, str]:
     return {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}
@@ -312,16 +320,35 @@ def _template_function(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def _call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     """One call of one of `tools`: {"name": <that name>, "arguments": <its parameters>}."""
-    options = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": t["name"]}, "arguments": t["parameters"]},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for t in tools
-    ]
-    return options[0] if len(options) == 1 else {"anyOf": options}
+    single = len(tools) == 1
+    options = []
+    for i, tool in enumerate(tools):
+        at = "#/properties/arguments" if single else f"#/anyOf/{i}/properties/arguments"
+        options.append(
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": tool["name"]},
+                    "arguments": _rebase_refs(tool["parameters"], at),
+                },
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    return options[0] if single else {"anyOf": options}
+
+
+def _rebase_refs(schema: Any, at: str) -> Any:
+    """The schema with its local `$ref`s ("#", "#/$defs/X") pointing into its new place `at`."""
+    if isinstance(schema, list):
+        return [_rebase_refs(item, at) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _rebase_refs(value, at) for key, value in schema.items()}
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+        out["$ref"] = at + ref[1:]
+    return out
 
 
 def _lenient(tools: list[dict[str, Any]]) -> bool:
