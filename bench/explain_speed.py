@@ -1,7 +1,8 @@
 """Figures for the explain engine (prints them; not a test).
 
     .venv/bin/python bench/explain_speed.py                 # everything, torch on 2 threads
-    .venv/bin/python bench/explain_speed.py gpt2 --threads 1  # one part: gpt2|smollm2|long|ig
+    .venv/bin/python bench/explain_speed.py gpt2 --threads 1  # one part (names below)
+    .venv/bin/python bench/explain_speed.py ig-memory --passes 16  # IG memory, stopped early
 
 - gpt2: full route graph (all layers, tokens, heads and MLPs) for 64 tokens on a GPT-2-small-
   shaped random model (12 layers, d_model 768, 12 heads). Target: <= 0.5 s (LM-TT: 5.8 s).
@@ -9,6 +10,11 @@
   Target: <= 3x the forward.
 - long: 1024 tokens on smollm2-135m, in a fresh process: completes, peak RSS < 4 GB.
 - ig: integrated gradients, 32 steps, 64 tokens on smollm2-135m. Target: < 10 s.
+- ig-memory: integrated gradients, 128 steps, 256 tokens on smollm2-135m in a fresh process
+  under the default memory budget: points per pass, peak RSS (VmHWM) and RSS after it returns.
+  `--passes N` cancels it (should_stop) after N passes: the peak is reached in the first pass,
+  so a few passes show it at a fraction of the cost of all 64.
+- load: a cached load of smollm2-135m (the converted safetensors), best of 3.
 Timings are the best of several runs after a warm-up (median alongside); on a shared machine
 they are noisy. With other processes busy on the same 2 cores, torch on 2 threads can be several
 times slower than on 1 (OpenMP threads wait for each other), so compare --threads 1 and 2.
@@ -157,13 +163,80 @@ def bench_ig() -> None:
     print(f"  completeness gap         {attr.meta['delta']:+.4f} (score {attr.meta['value']:.3f})")
 
 
+def _status_gib(key: str) -> float:
+    """VmRSS / VmHWM of this process from /proc/self/status, in GiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024**2
+    return float("nan")
+
+
+def bench_ig_memory() -> None:
+    out = subprocess.run(
+        [sys.executable, __file__, "ig-memory-child", "--threads", str(torch.get_num_threads())]
+        + (["--passes", str(PASSES)] if PASSES else []),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    print(out.stdout, end="")
+    if out.returncode:
+        print(out.stderr)
+
+
+def bench_ig_memory_child() -> None:
+    from lmscope.explain import ExplanationCancelled, integrated_gradients
+    from lmscope.explain.budget import DEFAULT_MEMORY_BUDGET, points_per_batch
+
+    loaded = _smollm2()
+    model = loaded.model
+    ids = _prompt_ids(loaded, 256)
+    batch = points_per_batch(model.cfg, 256, model.dtype)
+    base = _status_gib("VmRSS")
+    checks: list[float] = []
+
+    def should_stop() -> bool:  # the first check comes before the first pass
+        checks.append(time.perf_counter())
+        return bool(PASSES) and len(checks) > PASSES + 1
+
+    start = time.perf_counter()
+    try:
+        integrated_gradients(model, ids, n_steps=128, should_stop=should_stop)
+        ran = "all 128 steps"
+    except ExplanationCancelled:
+        ran = f"cancelled after {PASSES} passes"
+    total = time.perf_counter() - start
+    passes = len(checks) - 1
+    print(f"smollm2-135m, integrated gradients, 128 steps, 256 tokens, fresh process ({ran})")
+    print(
+        f"  budget                   {DEFAULT_MEMORY_BUDGET / 1024**3:.2f} GiB -> {batch} points per pass"
+    )
+    print(f"  RSS before               {base:7.2f} GiB")
+    print(f"  peak RSS (VmHWM)         {_status_gib('VmHWM'):7.2f} GiB")
+    print(f"  RSS after it returned    {_status_gib('VmRSS'):7.2f} GiB")
+    print(f"  time                     {total:7.1f} s ({total / max(passes, 1):.2f} s per pass)")
+
+
+def bench_load() -> None:
+    from lmscope.zoo.registry import load
+
+    _smollm2()  # converts on the first use
+    t_load, _ = timed(lambda: load("smollm2-135m"), repeat=3)
+    print(f"smollm2-135m cached load     {t_load:7.3f}")
+
+
 PARTS = {
     "gpt2": bench_gpt2,
     "smollm2": bench_smollm2,
     "long": bench_long,
     "ig": bench_ig,
     "long-child": bench_long_child,
+    "ig-memory": bench_ig_memory,
+    "ig-memory-child": bench_ig_memory_child,
+    "load": bench_load,
 }
+PASSES = 0  # --passes N: stop integrated gradients after N passes (ig-memory)
 
 if __name__ == "__main__":
     args = sys.argv[1:]
@@ -172,8 +245,12 @@ if __name__ == "__main__":
         at = args.index("--threads")
         threads = int(args[at + 1])
         del args[at : at + 2]
+    if "--passes" in args:
+        at = args.index("--passes")
+        PASSES = int(args[at + 1])
+        del args[at : at + 2]
     torch.set_num_threads(threads)
-    if args != ["long-child"]:
+    if not (len(args) == 1 and args[0].endswith("-child")):
         print(f"torch threads: {threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
-    for part in args or ["gpt2", "smollm2", "long", "ig"]:
+    for part in args or ["gpt2", "smollm2", "long", "ig", "ig-memory", "load"]:
         PARTS[part]()

@@ -31,6 +31,11 @@ ShouldStop = Callable[[], bool]
 DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
+# Single passes needing more than this give their memory back when they finish (a collection
+# costs milliseconds, worth it only after a large pass).
+RELEASE_ABOVE = 256 << 20
+
+
 def check_cancelled(should_stop: ShouldStop | None, what: str) -> None:
     """Raise ExplanationCancelled if the caller asked to stop."""
     if should_stop is not None and should_stop():

@@ -22,7 +22,9 @@ import torch
 
 from lmscope.explain.budget import (
     DEFAULT_MEMORY_BUDGET,
+    RELEASE_ABOVE,
     ShouldStop,
+    bytes_per_point,
     check_cancelled,
     points_per_batch,
     release_memory,
@@ -124,6 +126,9 @@ def gradient_x_input(
             value = _forward_scores(model, embeds, target, foil, score)
             (grad,) = torch.autograd.grad(value.sum(), embeds)
         attr = (grad * embeds.detach())[0].sum(-1)
+    del embeds, grad
+    if bytes_per_point(model.cfg, t.shape[1], model.dtype) > RELEASE_ABOVE:
+        release_memory()  # a long prompt's activations; a short one is not worth a collection
     return Attribution(
         "gradient_x_input",
         position,
