@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import networkx as nx
@@ -103,85 +100,7 @@ def test_save_json_graphml(result, tmp_path: Path) -> None:  # type: ignore[no-u
         result.save(tmp_path / "g.png")
 
 
-def _html_parts(html: str) -> tuple[dict, str]:  # type: ignore[type-arg]
-    data = re.search(
-        r'<script type="application/json" id="lmscope-data">(.*?)</script>', html, re.S
-    )
-    js = re.search(r"<script>(.*?)</script></body>", html, re.S)
-    assert data and js
-    return json.loads(data.group(1)), js.group(1)
-
-
-def test_html_report_is_one_offline_file(result, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    html = result.save(tmp_path / "report.html").read_text()
-    assert html.startswith("<!DOCTYPE html>")
-    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing fetched
-    assert "<link" not in html and "@import" not in html
-    data, js = _html_parts(html)
-    assert data["tokens"] == result.token_strs and data["target"] == result.target
-    assert data["graph"]["edges"] and data["graph"]["all_targets"]
-    assert data["heads"]["maps"]  # full T x T maps for the top heads of a short prompt
-    assert "lmscope-data" in js
-
-
-def test_report_javascript_runs(result, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Run the report's script in node against a minimal DOM; click every node and edge, move
-    the tau slider, renormalise and pick another target."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
-    data, js = _html_parts(result.save(tmp_path / "report.html").read_text())
-    (tmp_path / "data.json").write_text(json.dumps(data))
-    (tmp_path / "report.js").write_text(js)
-    (tmp_path / "dom.js").write_text(FAKE_DOM)
-    out = subprocess.run(
-        [node, str(tmp_path / "dom.js"), str(tmp_path / "data.json"), str(tmp_path / "report.js")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    stats = json.loads(out.stdout)
-    assert stats["nodes_drawn"] > 0 and stats["clicked"] > 10
-    assert stats["edges_at_high_tau"] <= stats["edges_at_start"]
-
-
-FAKE_DOM = r"""
-const fs = require('fs');
-const [dataPath, jsPath] = process.argv.slice(2);
-const ids = {}; const all = [];
-class El {
-  constructor(tag) { this.tag = tag; this.children = []; this.attrs = {}; this.listeners = {};
-    this._text = ''; this.checked = false; const s = new Set();
-    this.classList = {add: c => s.add(c), remove: c => s.delete(c)}; all.push(this); }
-  setAttribute(k, v) { this.attrs[k] = String(v); if (k === 'id') ids[v] = this; if (k === 'value') this.value = String(v); }
-  addEventListener(t, f) { (this.listeners[t] = this.listeners[t] || []).push(f); }
-  append(...kids) { for (const k of kids) this.children.push(k); }
-  replaceChildren(...kids) { this.children = []; this.append(...kids); }
-  set textContent(v) { this._text = String(v); } get textContent() { return this._text; }
-  getContext() { return {fillRect() {}, fillStyle: ''}; }
-  fire(t) { for (const f of this.listeners[t] || []) f(); }
-}
-global.document = {
-  body: new El('body'),
-  createElement: t => new El(t),
-  createElementNS: (_, t) => new El(t),
-  getElementById: id => id === 'lmscope-data' ? {textContent: fs.readFileSync(dataPath, 'utf8')} : ids[id],
-};
-eval(fs.readFileSync(jsPath, 'utf8'));
-const count = () => ids['graph'].children.filter(c => c.tag === 'path').length;
-const nodesDrawn = ids['graph'].children.filter(c => c.tag === 'circle' || c.tag === 'rect').length;
-const start = count();
-let clicked = 0;
-for (const e of all.slice()) if (e.listeners.click) { e.fire('click'); clicked++; }
-const range = all.find(e => e.attrs.type === 'range');
-range.value = '0.4'; range.fire('input');
-const high = count();
-const box = all.find(e => e.attrs.type === 'checkbox');
-box.checked = true; box.fire('change');
-console.log(JSON.stringify({nodes_drawn: nodesDrawn, clicked, edges_at_start: start, edges_at_high_tau: high}));
-"""
+# The HTML report: tests/test_report.py and tests/test_report_browser.py (in Chromium).
 
 
 # ---- the CLI ---------------------------------------------------------------------------------

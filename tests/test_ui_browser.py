@@ -1,13 +1,10 @@
 """The web explorer in a real headless Chromium, against a real server with the tiny model.
 
-Needs Debian's `chromium` (apt-get install chromium) and the `playwright` Python package; the
-browser bundled by `playwright install` is never used. Screenshots go to test-artifacts/ui/.
+Screenshots go to test-artifacts/ui/ (see browser_support for what the browser tests need).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,33 +12,19 @@ from typing import Any
 import httpx
 import pytest
 
+from browser_support import (
+    ARTIFACTS,
+    assert_inside_card,
+    check_scroll_and_fit,
+    click_graph,
+    launch,
+    playwright_or_skip,
+)
 from lmscope.serve.routing import ModelSpec
 from lmscope.serve.state import ServeSettings
 from serve_support import running_server
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts" / "ui"
-CHROMIUM = os.environ.get("LMSCOPE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-playwright_api = pytest.importorskip(
-    "playwright.sync_api", reason="the browser test needs `pip install playwright`"
-)
-if not Path(CHROMIUM).is_file():
-    pytest.skip(
-        f"no Chromium at {CHROMIUM}: install Debian's `chromium` package (apt-get install "
-        "chromium) or set LMSCOPE_CHROMIUM",
-        allow_module_level=True,
-    )
+playwright_api = playwright_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +36,7 @@ def server(tiny_checkpoint: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
+    yield from launch(playwright_api)
 
 
 @pytest.fixture
@@ -85,31 +65,6 @@ def explain_prompt(page: Any, text: str) -> None:
     page.click("#explain-btn")
     page.wait_for_selector("#graph path.edge", state="attached")
     page.wait_for_selector("#busy", state="hidden")
-
-
-# Scroll an edge (or node) of a kind into view and return the page point that picks it.
-POINT_OF = """([what, kind]) => {
-  const svg = document.getElementById('graph'), g = svg._graph;
-  const wrap = document.getElementById('graph-wrap');
-  const items = what === 'edge' ? g.links.filter((e) => e.kind === kind)
-                                : g.nodes.filter((n) => n.kind === kind);
-  for (const item of items) {
-    const pt = what === 'edge' ? g.edgePoint(item) : g.nodePoint(item.id);
-    const hit = g.pick(pt[0], pt[1]);
-    if (!hit || (what === 'edge' ? hit.edge !== item : hit.node !== item)) continue;
-    wrap.scrollLeft = pt[0] - wrap.clientWidth / 2;
-    wrap.scrollTop = pt[1] - wrap.clientHeight / 2;
-    const r = svg.getBoundingClientRect();
-    return [r.left + pt[0] * r.width / g.L.width, r.top + pt[1] * r.height / g.L.height];
-  }
-  return null;
-}"""
-
-
-def click_graph(page: Any, what: str, kind: str) -> None:
-    point = page.evaluate(POINT_OF, [what, kind])
-    assert point is not None, f"no {kind} {what} that a click would pick"
-    page.mouse.click(point[0], point[1])
 
 
 def drawn_edges(page: Any) -> int:
@@ -179,20 +134,6 @@ def test_explore_a_prompt(page: Any) -> None:
     assert "answered in" in footer and "explained in" not in footer
 
 
-def assert_inside_card(page: Any, selector: str) -> None:
-    """Nothing in the card sticks out of it sideways."""
-    overflow = page.evaluate(
-        """(sel) => {
-            const card = document.querySelector(sel), box = card.getBoundingClientRect();
-            return [...card.querySelectorAll('*')]
-              .filter((e) => e.getBoundingClientRect().right > box.right + 1)
-              .map((e) => e.tagName + '.' + e.className);
-        }""",
-        selector,
-    )
-    assert overflow == [], overflow
-
-
 def test_client_side_threshold_matches_the_server(page: Any, server: str) -> None:
     """The slider's instant re-threshold (graph.js) keeps exactly the server's route edges, with
     the server's weights, renormalised or not."""
@@ -230,39 +171,7 @@ LONG_PROMPT = " ".join(["the quick brown fox jumps over the lazy dog"] * 6)  # ~
 def test_long_prompt_opens_at_the_target_and_fits(page: Any) -> None:
     set_tau(page, 0.002)
     explain_prompt(page, LONG_PROMPT)
-    geometry = """() => {
-        const wrap = document.getElementById('graph-wrap'), g = document.getElementById('graph')._graph;
-        const labels = document.getElementById('graph-layers').getBoundingClientRect();
-        const target = Number(document.querySelector('#tokens .tok.target').dataset.position);
-        return {scrollLeft: wrap.scrollLeft, clientWidth: wrap.clientWidth, scrollWidth: wrap.scrollWidth,
-                clientHeight: wrap.clientHeight, scrollHeight: wrap.scrollHeight,
-                wrapLeft: wrap.getBoundingClientRect().left, labelsLeft: labels.left,
-                targetX: g.L.x(target), col: g.L.col, left: g.L.left};
-    }"""
-    at = page.evaluate(geometry)
-    assert at["scrollWidth"] > at["clientWidth"]  # a long prompt scrolls sideways...
-    assert at["scrollLeft"] > 0  # ...and opens scrolled to the target, at the right of the view
-    assert at["scrollLeft"] + at["left"] <= at["targetX"] - at["col"] / 2
-    assert at["targetX"] + at["col"] / 2 <= at["scrollLeft"] + at["clientWidth"]
-    # The layer labels stay at the left edge of the view while the graph scrolls.
-    page.eval_on_selector("#graph-wrap", "el => { el.scrollLeft = 200; }")
-    at = page.evaluate(geometry)
-    assert abs(at["labelsLeft"] - at["wrapLeft"]) <= 1
-    page.screenshot(path=str(ARTIFACTS / "07-long-prompt.png"))
-
-    page.click("#zoom-fit")
-    page.wait_for_function(
-        "document.getElementById('graph-wrap').scrollWidth <= "
-        "document.getElementById('graph-wrap').clientWidth"
-    )
-    at = page.evaluate(geometry)
-    assert at["scrollHeight"] <= at["clientHeight"]
-    page.screenshot(path=str(ARTIFACTS / "08-long-prompt-fit.png"))
-    page.click("#zoom-in")  # zooming in from the fitted view makes it scroll again
-    page.wait_for_function(
-        "document.getElementById('graph-wrap').scrollWidth > "
-        "document.getElementById('graph-wrap').clientWidth"
-    )
+    check_scroll_and_fit(page, "07-long-prompt")
 
 
 def test_a_neuron_shows_what_it_promotes_in_context(page: Any) -> None:

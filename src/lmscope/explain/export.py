@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from lmscope.explain.errors import ExplainInputError
 from lmscope.explain.routes import RouteGraph
+from lmscope.files import atomic_write
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -63,5 +64,10 @@ def save(result: Explanation | RouteGraph, path: str | Path) -> Path:
         raise ExplainInputError("an HTML report needs a full explanation (lmscope.explain.explain)")
     from lmscope.explain.report import render_report
 
-    path.write_text(render_report(result), encoding="utf-8")
+    page = render_report(result)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(page, encoding="utf-8")
+
+    atomic_write(path, write)
     return path

@@ -1,8 +1,9 @@
 // lmscope explorer: wires the prompt, the route graph, the inspector and the generation panel.
 
-import { el, showToken, fmt, pct, postJSON, getJSON, streamSSE, debounce } from "./util.js";
+import { el, showToken, fmt, pct, postJSON, getJSON, debounce } from "./util.js";
 import { renderGraph, rethreshold, markSelected, edgeKey, scrollToRoute, layout } from "./graph.js";
 import { renderTokens } from "./tokens.js";
+import { generator } from "./generation.js";
 import { overviewPanel, edgePanel, headView, neuronPanel, lensPanel } from "./panels.js";
 
 const EXAMPLES = [
@@ -25,7 +26,6 @@ const state = {
   fit: false, // the whole graph in the box
   elapsed: null, // seconds the last explanation took, measured here (request to answer)
   seq: 0,
-  generating: null, // AbortController of a running generation
 };
 
 // ---- errors and busy state --------------------------------------------------------------------
@@ -348,91 +348,6 @@ async function openLens(node, finalNorm) {
   }
 }
 
-// ---- generation -------------------------------------------------------------------------------
-async function generate() {
-  if (state.generating) {
-    state.generating.abort();
-    return;
-  }
-  const text = $("prompt").value;
-  const chat = $("chat-mode").checked;
-  const model = $("model-select").value || undefined;
-  const out = $("gen-output");
-  const streamed = el("span", { class: "gen-stream caret", id: "gen-stream" });
-  out.replaceChildren(el("span", { class: "gen-prompt" }, chat ? "" : text), streamed);
-  const controller = new AbortController();
-  state.generating = controller;
-  const button = $("generate-btn");
-  button.textContent = "Stop";
-  let completion = "";
-  const common = {
-    model,
-    max_tokens: Number($("max-tokens").value) || 20,
-    temperature: Number($("temperature").value) || 0,
-    stream: true,
-  };
-  try {
-    clearError();
-    if (chat) {
-      await streamSSE(
-        "/v1/chat/completions",
-        { ...common, messages: [{ role: "user", content: text }] },
-        (chunk) => {
-          const piece = chunk.choices?.[0]?.delta?.content || "";
-          completion += piece;
-          streamed.textContent = completion;
-        },
-        controller.signal,
-      );
-    } else {
-      await streamSSE(
-        "/v1/completions",
-        { ...common, prompt: text },
-        (chunk) => {
-          completion += chunk.choices?.[0]?.text || "";
-          streamed.textContent = completion;
-        },
-        controller.signal,
-      );
-    }
-  } catch (err) {
-    if (err.name !== "AbortError") showError(err);
-  } finally {
-    state.generating = null;
-    button.textContent = "Generate";
-    streamed.classList.remove("caret");
-  }
-  if (!completion) {
-    if (!out.querySelector(".down")) out.append(el("div", { class: "hint" }, "(the model produced no text)"));
-    return;
-  }
-  const source = promptSource(completion);
-  const ex = await explain(source, { completion_target: 0 });
-  if (ex) drawCompletion(ex, chat ? "" : text);
-}
-
-/** Replace the streamed text with clickable generated tokens. */
-function drawCompletion(ex, promptText) {
-  const out = $("gen-output");
-  const first = ex.n_prompt_tokens;
-  const chips = ex.token_strs.slice(first).map((t, i) =>
-    el(
-      "span",
-      {
-        class: `gen-token${ex.target === first + i - 1 ? " selected" : ""}`,
-        title: `generated token ${i} (position ${first + i}) — click to explain why it was produced`,
-        dataset: { index: i },
-        onclick: async () => {
-          const next = await explain(state.source, { completion_target: i });
-          if (next) drawCompletion(next, promptText);
-        },
-      },
-      t,
-    ),
-  );
-  out.replaceChildren(el("span", { class: "gen-prompt" }, promptText), ...chips);
-}
-
 // ---- start-up -----------------------------------------------------------------------------------
 async function loadModels() {
   const selectBox = $("model-select");
@@ -495,6 +410,7 @@ function init() {
   $("tau").addEventListener("input", onTau);
   $("renormalise").addEventListener("change", onRenormalise);
   $("norm").addEventListener("change", () => state.source && explain({ ...state.source, norm: $("norm").value }, { target: state.ex.target }));
+  const generate = generator({ explain, promptSource, showError, clearError, source: () => state.source });
   $("generate-btn").addEventListener("click", generate);
   $("error-close").addEventListener("click", clearError);
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab.dataset.tab));

@@ -284,10 +284,9 @@ export function headView(data, { tooltip, highlight }) {
     heatmap(data.attention.values, { ...labels, tooltip, describe: describe("attention"), highlight }),
     el("p", { class: "hint" }, "Contribution map: share of the head's part from each key in the query's residual"),
     heatmap(data.contribution.values, { ...labels, rgb: [162, 89, 217], tooltip, describe: describe("contribution"), highlight }),
-    el("h3", {}, `Promoted at position ${data.target}`),
-    chips(data.promotion.promoted, "pos"),
-    el("h3", {}, "Suppressed"),
-    chips(data.promotion.suppressed, "neg"),
+    data.promotion
+      ? [el("h3", {}, `Promoted at position ${data.target}`), chips(data.promotion.promoted, "pos"), el("h3", {}, "Suppressed"), chips(data.promotion.suppressed, "neg")]
+      : null,
   );
 }
 
