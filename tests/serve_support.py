@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from lmscope.serve.app import create_app
+from lmscope.serve.http11 import uvicorn_options
 from lmscope.serve.state import ServeSettings
 
 
@@ -33,7 +34,9 @@ def running_server(settings: ServeSettings, *, wait_ready: bool = True) -> Itera
 def running_app(app: FastAPI, *, wait_ready: bool = True) -> Iterator[str]:
     """Serve an app made by `create_app` on a background thread; yields the base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", **uvicorn_options()
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

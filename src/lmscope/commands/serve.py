@@ -76,6 +76,7 @@ def serve(
     import uvicorn
 
     from lmscope.serve.app import create_app
+    from lmscope.serve.http11 import uvicorn_options
     from lmscope.serve.routing import parse_model_spec
     from lmscope.serve.state import DTYPES, ServeSettings
 
@@ -117,7 +118,7 @@ def serve(
             server.should_exit = True
 
     app = create_app(settings, on_load_error=load_failed)
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, **uvicorn_options())
     server = uvicorn.Server(config)
     n_threads = torch.get_num_threads()
     typer.echo(
