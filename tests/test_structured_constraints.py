@@ -77,10 +77,10 @@ def tok():  # type: ignore[no-untyped-def]
     return build_tiny_tokenizer()
 
 
-def sample(tok, constraint, logits_fn, limit=400):  # type: ignore[no-untyped-def]
-    """Sample from logits_fn() through a fresh processor until EOS; the generated ids."""
+def sample(tok, constraint, logits_fn, limit=400, seed=0):  # type: ignore[no-untyped-def]
+    """Sample from logits_fn(generator) through a fresh processor until EOS; the generated ids."""
     processor = constraint.processor()
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     generated: list[int] = []
     for _ in range(limit):
         logits = processor(generated, logits_fn(generator))
@@ -97,8 +97,7 @@ def test_random_logits_always_give_schema_valid_json(tok, name) -> None:  # type
     constraint = Constraint(json_schema_grammar(schema), tok, [tok.eos_token_id])
     validator = jsonschema_rs.validator_for(schema)
     for seed in range(5):
-        torch.manual_seed(seed)
-        ids = sample(tok, constraint, lambda g: 3 * torch.randn(len(tok), generator=g))
+        ids = sample(tok, constraint, lambda g: 3 * torch.randn(len(tok), generator=g), seed=seed)
         value = json.loads(tok.decode(ids))
         assert validator.is_valid(value), (name, value)
 
@@ -194,6 +193,9 @@ def test_processors_are_independent_and_follow_a_rewind(tok) -> None:  # type: i
         ({"type": "string", "pattern": "("}, "regex"),
         ({"type": "array", "uniqueItems": True}, "uniqueItems"),
         ([1, 2], "list"),
+        (False, "no value"),
+        ({"type": "integer", "minimum": 5, "maximum": 1}, "Unsatisfiable"),
+        ({"allOf": [{"type": "string"}, {"type": "integer"}]}, "Unsatisfiable"),
     ],
 )
 def test_bad_schemas_fail_with_one_line(schema, needle) -> None:  # type: ignore[no-untyped-def]
@@ -217,3 +219,13 @@ def test_a_slow_tokenizer_is_refused() -> None:
 
     with pytest.raises(ConstraintError, match="fast tokenizer"):
         Constraint(any_json_object_grammar(), Slow(), [0])
+
+
+def test_the_true_schema_allows_any_json_value(tok) -> None:  # type: ignore[no-untyped-def]
+    constraint = Constraint(json_schema_grammar(True), tok, [tok.eos_token_id])
+    values = []
+    for seed in range(3):
+        logits = lambda g: torch.randn(len(tok), generator=g)  # noqa: E731
+        ids = sample(tok, constraint, logits, limit=3000, seed=seed)
+        values.append(json.loads(tok.decode(ids)))
+    assert len({json.dumps(v) for v in values}) == 3

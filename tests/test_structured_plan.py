@@ -297,6 +297,8 @@ def test_stream_deltas_number_their_tool_calls(tool_tok) -> None:  # type: ignor
     assert [c["index"] for c in fields["tool_calls"]] == [0, 1]
     assert [c["function"]["name"] for c in fields["tool_calls"]] == ["get_time", "get_weather"]
     assert "index" not in plan.message(two, "stop")[0]["tool_calls"][0]
+    single = apply_structured({"tools": [WEATHER, TIME], "parallel_tool_calls": False}, tool_tok)
+    assert len(single.message(two, "stop")[0]["tool_calls"]) == 1
     assert plan.delta("hi", "stop") == ({"content": "hi"}, "stop")
 
 

@@ -218,3 +218,38 @@ def test_a_streamed_tool_call_accumulates_in_the_openai_client(server: str) -> N
     (call,) = final.choices[0].message.tool_calls
     assert call.function.name == "record_owner"
     assert isinstance(call.function.parsed_arguments, Owner)
+
+
+@pytest.mark.slow
+def test_smollm2_answers_json_objects_and_pydantic_models() -> None:
+    """The embedded default model, sampled at temperature 1: a JSON object, and a parsed model."""
+    openai = pytest.importorskip("openai")
+    settings = ServeSettings(models=[ModelSpec("smollm2-135m", "smollm2-135m")], max_batch=4)
+    ask = [{"role": "user", "content": "Describe a cat as JSON with its name and age."}]
+    with running_server(settings) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
+        reply = client.chat.completions.create(
+            model="smollm2-135m",
+            messages=ask,
+            response_format={"type": "json_object"},
+            temperature=1.0,
+            max_tokens=160,
+            n=2,
+            seed=1,
+        )
+        for choice in reply.choices:
+            if choice.finish_reason == "stop":
+                assert isinstance(json.loads(choice.message.content or ""), dict)
+            else:  # cut by max_tokens: still the start of an object
+                assert choice.finish_reason == "length"
+                assert (choice.message.content or "").startswith("{")
+        for seed in range(2):
+            parsed = client.chat.completions.parse(
+                model="smollm2-135m",
+                messages=ask,
+                response_format=Owner,
+                temperature=1.0,
+                max_tokens=160,
+                seed=seed,
+            )
+            assert isinstance(parsed.choices[0].message.parsed, Owner)

@@ -105,6 +105,10 @@ def json_schema_grammar(schema: Any, *, lenient: bool = False) -> str:
         raise ConstraintError(
             f"a JSON schema is an object or a boolean, not {type(schema).__name__}"
         )
+    if schema is False:
+        raise ConstraintError("Unsatisfiable schema: false admits no value")
+    if schema is True:
+        schema = {}
     options = dict(JSON_LAYOUT, lenient=lenient)
     try:
         grammar = str(llg.LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=options))

@@ -60,6 +60,7 @@ class StructuredPlan:
     tool_mode: ToolMode = "none"
     tool_names: tuple[str, ...] = ()
     legacy_functions: bool = False
+    parallel_tool_calls: bool = True
 
     @property
     def active(self) -> bool:
@@ -83,6 +84,8 @@ class StructuredPlan:
             calls = parse_tool_calls(text, self.tool_names)
         if not calls:
             return {"content": text}, finish_reason
+        if not self.parallel_tool_calls:
+            calls = calls[:1]
         if self.legacy_functions:
             name, arguments = calls[0]
             return {"content": None, "function_call": _function(name, arguments)}, "function_call"
@@ -142,6 +145,7 @@ def apply_structured(
                 param=param,
             )
         plan.legacy_functions = legacy
+        plan.parallel_tool_calls = fields.get("parallel_tool_calls") is not False
         plan.tool_names = tuple(t["name"] for t in tools)
         if choice != "none":
             plan.template_kwargs["tools"] = [
