@@ -5,11 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from lmscope.commands.common import user_errors
-
-console = Console(stderr=True)
 
 
 @user_errors
@@ -28,29 +25,21 @@ def train(
 ) -> None:
     """Train a model from scratch, or fine-tune a pretrained one (init_from), from a config.
 
+    Ctrl-C finishes the current step, saves a checkpoint and stops; the same command resumes.
     Works under torchrun for data-parallel training:
     `torchrun --nproc-per-node 2 -m lmscope.train CONFIG.yaml`.
     """
-    import yaml
+    from lmscope.train.launch import run_config
 
-    from lmscope.train.config import load_config
-    from lmscope.train.trainer import Trainer
-
-    cfg = load_config(config, list(overrides or []))
-    if print_config:
-        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        return
-    result = Trainer(cfg, resume=resume, resume_from=resume_from).run()
-    if result.rank != 0:
-        return
-    final = result.record["final"]
-    where = result.model_dir or result.adapter_dir
-    val = final["val_loss"]
-    console.print(
-        f"trained to step {final['step']} ({final['stopped']}); "
-        + (f"val loss {val:.4f}; " if val is not None else "")
-        + f"model: {where}"
+    code = run_config(
+        config,
+        list(overrides or []),
+        resume=resume,
+        resume_from=resume_from,
+        print_config=print_config,
     )
+    if code:
+        raise typer.Exit(code=code)
 
 
 def register(app: typer.Typer) -> None:

@@ -77,14 +77,31 @@ class _Builder:
         self.mask.extend([int(learn)] * len(ids))
 
 
+def _chatml_ids(tokenizer: TextTokenizer) -> tuple[int, int]:
+    start, end = tokenizer.token_id(CHATML_START), tokenizer.token_id(CHATML_END)
+    assert start is not None and end is not None  # resolve_template checked
+    return start, end
+
+
+def encode_prompt(prompt: str, tokenizer: TextTokenizer, template: str) -> Encoded:
+    """A user prompt tokenised exactly as training rendered prompts, ending where the reply
+    starts; and the ids that end a reply. For sampling from a fine-tune in its own format."""
+    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+    if template == "chatml":
+        start, end = _chatml_ids(tokenizer)
+        ids = [start, *tokenizer.encode("user\n"), *tokenizer.encode(prompt), end]
+        ids += [*tokenizer.encode("\n"), start, *tokenizer.encode("assistant\n")]
+        return ids, [end, *eos]
+    return tokenizer.encode(prompt), eos  # plain: the completion follows the prompt directly
+
+
 def encode_instruction(record: dict[str, Any], tokenizer: TextTokenizer, template: str) -> Encoded:
     """Token ids and loss mask for one instruction record (template already resolved)."""
     eos = tokenizer.eos_id
     messages = messages_of(record)
     out = _Builder()
     if template == "chatml":
-        start, end = tokenizer.token_id(CHATML_START), tokenizer.token_id(CHATML_END)
-        assert start is not None and end is not None
+        start, end = _chatml_ids(tokenizer)
         newline = tokenizer.encode("\n")
         for message in messages:
             learn = message["role"] == "assistant"

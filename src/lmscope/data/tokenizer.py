@@ -81,6 +81,15 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.backend.encode(text, add_special_tokens=False).ids)
 
+    def encode_with_specials(self, text: str) -> list[int]:
+        """Encode text written by the user (a sample prompt), where "<|im_start|>" means the
+        special token, unlike corpus text."""
+        self.backend.encode_special_tokens = False
+        try:
+            return list(self.backend.encode(text, add_special_tokens=False).ids)
+        finally:
+            self.backend.encode_special_tokens = True
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         encoded = self.backend.encode_batch(list(texts), add_special_tokens=False)
         return [list(e.ids) for e in encoded]

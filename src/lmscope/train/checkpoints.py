@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmscope.files import atomic_write_text, new_temp_dir, replace_dir
-from lmscope.train.errors import CheckpointWriteError
+from lmscope.train.errors import CheckpointWriteError, ResumeError
 from lmscope.train.state import TRAINER_STATE
 
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
@@ -121,6 +121,27 @@ class CheckpointManager:
         """The newest complete checkpoint, or None."""
         steps = self.steps()
         return self.root / step_dir_name(steps[-1]) if steps else None
+
+    def resume_point(
+        self, resume: bool | None, resume_from: Path | None, out_dir: Path
+    ) -> Path | None:
+        """The checkpoint a run continues from. resume: None (the newest, if any), True (the
+        newest, which must exist), False (none; out_dir must hold no checkpoints)."""
+        if resume_from is not None:
+            if not resume_from.is_dir():
+                raise ResumeError(f"no checkpoint at {resume_from}")
+            return resume_from
+        latest = self.latest()
+        if latest is None:
+            if resume:
+                raise ResumeError(f"nothing to resume: {self.root} holds no complete checkpoint")
+            return None
+        if resume is False:
+            raise ResumeError(
+                f"{out_dir} already holds checkpoints (latest {latest.name}); resume with "
+                "--resume, or pick another out_dir"
+            )
+        return latest
 
     def best(self) -> Path | None:
         step = self.best_step()

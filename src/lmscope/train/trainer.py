@@ -12,14 +12,11 @@ each checkpoint, so a run killed at any moment and resumed continues exactly.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,99 +30,39 @@ from lmscope.data.dataset import IGNORE_INDEX, TokenSplit
 from lmscope.data.errors import DataError
 from lmscope.data.manifest import read_manifest
 from lmscope.data.tokenizer import TextTokenizer
-from lmscope.files import atomic_write_text, new_temp_dir, replace_dir
+from lmscope.files import atomic_write_text
 from lmscope.model.modes import eval_mode
 from lmscope.model.transformer import Transformer
 from lmscope.train import distributed as dist
-from lmscope.train import state as st
-from lmscope.train.batches import RowStream, StreamPosition, micro_slices
+from lmscope.train.batches import RowStream, micro_slices
 from lmscope.train.checkpoints import CheckpointManager
 from lmscope.train.config import TrainConfig
-from lmscope.train.errors import CheckpointWriteError, ResumeError, TrainConfigError, TrainError
+from lmscope.train.errors import TrainError
+from lmscope.train.export import dumps, export
 from lmscope.train.finetune import (
     FreezePlan,
     apply_lora,
-    load_adapter_weights,
-    merge_lora,
-    save_adapter,
 )
 from lmscope.train.loggers import MetricLoggers
-from lmscope.train.model_setup import build_model, check_architecture, load_full_weights
+from lmscope.train.loop_state import (
+    Callback,
+    LoopState,
+    TrainResult,
+    choose_device,
+    choose_precision,
+)
+from lmscope.train.model_setup import build_model
 from lmscope.train.optim import make_optimizer, split_params
-from lmscope.train.record import hardware, new_history
-from lmscope.train.sampling import sample
+from lmscope.train.persist import StatePersistence
+from lmscope.train.record import training_record
+from lmscope.train.sampling import PromptFormat, sample
 from lmscope.train.schedules import Schedule
+from lmscope.train.session import StopRequest, banner, count_parameters, projected_total
 
 RECORD_FILE = "training_record.json"
 
 
-class Callback:
-    """Hooks for tests and tools; every method is optional."""
-
-    def on_step_end(self, trainer: Trainer, step: int, loss: float) -> None: ...
-
-    def on_checkpoint(self, trainer: Trainer, step: int, path: Path) -> None: ...
-
-
-@dataclass
-class LoopState:
-    """Everything about the loop (beyond weights, optimizer and RNG) that resuming restores."""
-
-    step: int = 0
-    position: StreamPosition = field(default_factory=StreamPosition)
-    tokens_seen: int = 0
-    clip_count: int = 0
-    best_val_loss: float | None = None
-    best_step: int | None = None
-    evals_without_improvement: int = 0
-    eval_count: int = 0
-    interval_loss: float = 0.0  # loss sum and targets since the last log line
-    interval_targets: int = 0
-    last_loss: float | None = None
-    wall_time_s: float = 0.0
-    history: dict[str, list[dict[str, Any]]] = field(default_factory=new_history)
-    resumed_from: list[int] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "position"}
-        data["position"] = {"epoch": self.position.epoch, "cursor": self.position.cursor}
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoopState:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        position = known.pop("position", {"epoch": 0, "cursor": 0})
-        return cls(position=StreamPosition(**position), **known)
-
-
-@dataclass
-class TrainResult:
-    out_dir: Path
-    model_dir: Path | None  # a full checkpoint lmscope can load (None: LoRA without merging)
-    adapter_dir: Path | None
-    record: dict[str, Any]
-    rank: int = 0  # under torchrun, only rank 0 writes files
-
-
-def _device(requested: str, local_rank: int) -> torch.device:
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        return torch.device("cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainConfigError(f"train.device is {requested!r} but no CUDA device is available")
-    return device
-
-
-def _precision(requested: str, device: torch.device) -> str:
-    if requested == "auto":
-        supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return "bf16" if supported else "fp32"
-    return requested
-
-
-class Trainer:
+class Trainer(StatePersistence):
     def __init__(
         self,
         config: TrainConfig,
@@ -144,18 +81,20 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.dist = dist.DistInfo()
         self.loggers: MetricLoggers | None = None
+        self.stop = StopRequest()
 
     # ---- set-up ------------------------------------------------------------------------------
     def _setup(self) -> None:
         c = self.config
-        self.device = _device(c.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = choose_device(c.train.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = dist.init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
-        self.precision = _precision(c.train.dtype, self.device)
+        self.precision = choose_precision(c.train.dtype, self.device)
         self.manifest = read_manifest(c.data.dir)
         self.tokenizer = TextTokenizer.load(c.data.dir)
+        self.prompt_format = PromptFormat.choose(c.sample.chat, self.manifest, self.tokenizer)
         random.seed(c.train.seed)
         np.random.seed(c.train.seed % 2**32)
 
@@ -211,45 +150,6 @@ class Trainer:
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         self.net = DistributedDataParallel(self.core, device_ids=ids)
-
-    # ---- resume --------------------------------------------------------------------------------
-    def _find_resume(self) -> Path | None:
-        if self.resume_from is not None:
-            if not self.resume_from.is_dir():
-                raise ResumeError(f"no checkpoint at {self.resume_from}")
-            return self.resume_from
-        latest = self.checkpoints.latest()
-        if latest is None:
-            if self.resume:
-                raise ResumeError(
-                    f"nothing to resume: {self.checkpoints.root} holds no complete checkpoint"
-                )
-            return None
-        if self.resume is False:
-            raise ResumeError(
-                f"{self.out_dir} already holds checkpoints (latest {latest.name}); resume with "
-                "--resume, or pick another out_dir"
-            )
-        return latest
-
-    def _restore(self, directory: Path) -> None:
-        saved = st.read_trainer_state(directory)
-        check_architecture(saved.get("model_config", {}), self.core.cfg, directory)
-        if self.peft is not None:
-            load_adapter_weights(self.peft, directory / "adapter")
-        else:
-            if saved.get("lora"):
-                raise ResumeError(
-                    f"{directory} is a LoRA checkpoint but this run has no finetune.lora; "
-                    "use the config that wrote it"
-                )
-            load_full_weights(self.core, directory)
-        st.load_optimizer(self.optimizer, self.groups.names, directory)
-        self.loop = LoopState.from_dict(saved["loop"])
-        self.stream.position = StreamPosition(self.loop.position.epoch, self.loop.position.cursor)
-        self.loop.resumed_from.append(self.loop.step)
-        st.restore_rng(directory, self.dist.rank)
-        st.restore_python_rng(saved["python_rng"])
 
     # ---- one step ------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -325,10 +225,12 @@ class Trainer:
         if not s.prompts or not self.dist.is_main:
             return
         for i, prompt in enumerate(s.prompts):
+            ids, stop_ids = self.prompt_format.encode(prompt, self.tokenizer)
             text = sample(
                 self.core,
                 self.tokenizer,
-                prompt,
+                ids,
+                stop_ids=stop_ids,
                 max_new_tokens=s.max_new_tokens,
                 temperature=s.temperature,
                 top_k=s.top_k,
@@ -368,72 +270,25 @@ class Trainer:
         if self.dist.is_main and self.config.log.progress:
             tqdm.write(text)
 
-    # ---- checkpoints -------------------------------------------------------------------------------
-    def _trainer_state(self) -> dict[str, Any]:
-        self.loop.position = StreamPosition(self.stream.position.epoch, self.stream.position.cursor)
-        return {
-            "step": self.loop.step,
-            "loop": self.loop.to_dict(),
-            "python_rng": st.python_rng_state(),
-            "model_config": self.core.cfg.to_dict(),
-            "lora": self.peft is not None,
-            "world_size": self.dist.world_size,
-            "config": self.config.to_dict(),
-        }
-
-    def _write_checkpoint(
-        self, tmp: Path, rng: list[dict[str, torch.Tensor]], state: dict[str, Any]
-    ) -> None:
-        from lmscope.zoo.checkpoint import save_checkpoint
-
-        if self.peft is not None:
-            self.peft.save_pretrained(
-                str(tmp / "adapter"), safe_serialization=True, save_embedding_layers=False
-            )
-        else:
-            save_checkpoint(self.core, tmp, tokenizer=self.hf_tokenizer)
-        st.save_optimizer(self.optimizer, self.groups.names, tmp)
-        st.save_rng(rng, tmp)
-        st.write_trainer_state(tmp, state)
-
-    def save_checkpoint(self) -> Path | None:
-        """Write a step checkpoint (rank 0), with every process's RNG state."""
-        is_best = self.loop.best_step == self.loop.step
-        rng = dist.gather_objects(st.capture_rng(), self.dist)
-        state = self._trainer_state()
-        path: Path | None = None
-        error = ""
-        if self.dist.is_main:
-            try:
-                path = self.checkpoints.save(
-                    self.loop.step, lambda tmp: self._write_checkpoint(tmp, rng, state), is_best
-                )
-            except CheckpointWriteError as err:
-                error = str(err)
-        error = dist.broadcast_object(error, self.dist)
-        if error:
-            raise CheckpointWriteError(error)
-        if path is not None:
-            for callback in self.callbacks:
-                callback.on_checkpoint(self, self.loop.step, path)
-        return path
-
     # ---- the loop --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train to the end (or until stopped); Ctrl-C or SIGTERM finishes the current step,
+        saves a checkpoint and returns a result with `interrupted` set."""
         try:
-            self._setup()
-            return self._run()
+            with self.stop.installed():
+                self._setup()
+                return self._run()
         finally:
             if self.loggers is not None:
                 self.loggers.close()
             dist.shutdown(self.dist)
 
-    def _run(self) -> TrainResult:
+    def _start(self) -> Path | None:
+        """Resume or seed, set the model up for training, open the loggers, print the banner."""
         c = self.config
-        resume_dir = self._find_resume()
+        resume_dir = self.checkpoints.resume_point(self.resume, self.resume_from, self.out_dir)
         if resume_dir is not None:
             self._restore(resume_dir)
-            self._say(f"resumed from {resume_dir} at step {self.loop.step}")
         else:
             torch.manual_seed(c.train.seed + self.dist.rank)
         if self.plan.active:
@@ -443,6 +298,27 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.loggers = MetricLoggers(self.out_dir, c.log.tensorboard, c.log.mlflow, c.to_dict())
+        lines = banner(
+            source=self.model_source,
+            model=self.core,
+            parameters=count_parameters(self.core),
+            data_dir=c.data.dir,
+            manifest=self.manifest,
+            device=self.device,
+            precision=self.precision,
+            world_size=self.dist.world_size,
+        )
+        for line in lines:
+            self._say(line)
+        if resume_dir is not None:
+            self._say(f"resumed from {resume_dir} at step {self.loop.step}")
+        return resume_dir
+
+    def _run(self) -> TrainResult:
+        c = self.config
+        resume_dir = self._start()
+        if c.eval.at_start and self.loop.step == 0 and resume_dir is None:
+            self._eval_and_track(0)
         bar = tqdm(
             total=c.train.max_steps,
             initial=self.loop.step,
@@ -451,13 +327,17 @@ class Trainer:
             disable=not (c.log.progress and self.dist.is_main),
             dynamic_ncols=True,
         )
-        if c.eval.at_start and self.loop.step == 0 and resume_dir is None:
-            self._eval_and_track(0)
         session_start = time.perf_counter()
-        wall_before = self.loop.wall_time_s
-        stopped = "max_steps"
+        wall_before, first_step = self.loop.wall_time_s, self.loop.step
+        limit_s = None if c.train.max_minutes is None else 60 * c.train.max_minutes
+        stopped = self._stop_reason() or "max_steps"
+        if stopped == "max_minutes":
+            self._say(
+                f"train.max_minutes ({c.train.max_minutes:g}) was used up by earlier sessions "
+                f"({self.loop.wall_time_s / 60:.1f} min); raise it to train further"
+            )
         last_eval = last_ckpt = -1 if resume_dir is None else self.loop.step
-        while self.loop.step < c.train.max_steps:
+        while stopped == "max_steps" and self.loop.step < c.train.max_steps:
             if self.plan.unfreeze_every is not None and self.plan.apply(self.core, self.loop.step):
                 self._wrap()
                 self._say(
@@ -469,6 +349,21 @@ class Trainer:
             self.loop.step += 1
             step = self.loop.step
             self._record_step(loss, norm, targets, tokens, speed)
+            early = False
+            if c.eval.every and step % c.eval.every == 0:
+                early = self._eval_and_track(step)
+                last_eval = step
+            self.loop.wall_time_s = wall_before + time.perf_counter() - session_start
+            if c.checkpoint.every and step % c.checkpoint.every == 0:
+                self.save_checkpoint()
+                last_ckpt = step
+            for callback in self.callbacks:
+                callback.on_step_end(self, step, loss)
+            reason = self._stop_reason()
+            per_step = (time.perf_counter() - session_start) / (step - first_step)
+            bar.total = projected_total(
+                step, c.train.max_steps, self.loop.wall_time_s, limit_s, per_step
+            )
             bar.update(1)
             bar.set_postfix(
                 loss=f"{loss:.4f}",
@@ -477,34 +372,37 @@ class Trainer:
                 tok_s=f"{speed:.0f}",
                 refresh=False,
             )
-            stop = False
-            if c.eval.every and step % c.eval.every == 0:
-                stop = self._eval_and_track(step)
-                last_eval = step
-            self.loop.wall_time_s = wall_before + time.perf_counter() - session_start
-            out_of_time = self._out_of_time()
-            if c.checkpoint.every and step % c.checkpoint.every == 0:
-                self.save_checkpoint()
-                last_ckpt = step
-            for callback in self.callbacks:
-                callback.on_step_end(self, step, loss)
-            if stop:
+            if early:
                 stopped = "early_stopping"
                 self._say(
                     f"early stopping at step {step}: no improvement in {c.eval.patience} evaluations"
                 )
-                break
-            if out_of_time:
-                stopped = "max_minutes"
-                break
+            elif reason is not None:
+                stopped = reason
         bar.close()
         step = self.loop.step
+        if stopped == "interrupted":
+            self.loop.wall_time_s = wall_before + time.perf_counter() - session_start
+            path = self.checkpoints.latest() if last_ckpt == step or step == 0 else None
+            if last_ckpt != step and step > 0:
+                path = self.save_checkpoint()
+            return self._interrupted(path)
         if last_eval != step:
             self._eval_and_track(step)
+        self.loop.wall_time_s = wall_before + time.perf_counter() - session_start
         if last_ckpt != step:
             self.save_checkpoint()
-        self.loop.wall_time_s = wall_before + time.perf_counter() - session_start
         return self._finish(stopped)
+
+    def _interrupted(self, checkpoint: Path | None) -> TrainResult:
+        """The result of a run stopped by a signal: saved at a step boundary, nothing exported."""
+        self._say(f"stopped at step {self.loop.step} by {self.stop.signal_name}")
+        record = {
+            "final": {"step": self.loop.step, "stopped": "interrupted", "checkpoint": checkpoint}
+        }
+        return TrainResult(
+            self.out_dir, None, None, record, self.dist.rank, checkpoint, interrupted=True
+        )
 
     def _record_step(
         self, loss: float, norm: float, targets: int, tokens: int, speed: float
@@ -533,12 +431,16 @@ class Trainer:
             scalars = {f"train/{k}": float(v) for k, v in entry.items() if k != "step"}
             self.loggers.scalars(step, scalars)
 
-    def _out_of_time(self) -> bool:
+    def _stop_reason(self) -> str | None:
+        """ "interrupted" (a signal), "max_minutes" (training time used up across sessions) or
+        None; decided together, so every process stops at the same step."""
         limit = self.config.train.max_minutes
-        if limit is None:
-            return False
-        over = self.loop.wall_time_s >= 60 * limit
-        return bool(dist.broadcast_object(over, self.dist))  # every process stops together
+        over = limit is not None and self.loop.wall_time_s >= 60 * limit
+        flags = torch.tensor([float(self.stop.requested), float(over)], device=self.device)
+        flags = dist.all_reduce_sum(flags, self.dist)
+        if flags[0] > 0:
+            return "interrupted"
+        return "max_minutes" if flags[1] > 0 else None
 
     # ---- the end -----------------------------------------------------------------------------------
     def _finish(self, stopped: str) -> TrainResult:
@@ -548,107 +450,28 @@ class Trainer:
         test_loss = None
         if c.eval.test_at_end and self.test_split is not None:
             test_loss = self.evaluate(self.test_split, self.test_rows, None)
-        counts = self._parameter_counts()
-        record = {
-            "config": c.to_dict(),
-            "model_source": self.model_source,
-            "model_config": self.core.cfg.to_dict(),
-            "parameters": counts,
-            "data_manifest": self.manifest,
-            "metrics": self.loop.history,
-            "final": {
-                "step": self.loop.step,
-                "stopped": stopped,
-                "train_loss": self.loop.last_loss,
-                "val_loss": final_val,
-                "val_perplexity": None if final_val is None else math.exp(min(final_val, 700.0)),
-                "test_loss": test_loss,
-                "best_step": self.loop.best_step,
-                "best_val_loss": self.loop.best_val_loss,
-                "exported_weights": chosen,
-            },
-            "tokens_seen": self.loop.tokens_seen,
-            "clip_count": self.loop.clip_count,
-            "resumed_from_steps": self.loop.resumed_from,
-            "wall_time_s": self.loop.wall_time_s,
-            "hardware": hardware(self.device, self.precision, self.dist.world_size),
-            "finetune": {
-                "init_from": c.init_from,
-                "lora": None if c.finetune.lora is None else c.finetune.lora.model_dump(),
-                "freeze_layers": c.finetune.freeze_layers,
-                "freeze_embeddings": c.finetune.freeze_embeddings,
-                "unfreeze_every": c.finetune.unfreeze_every,
-            },
-        }
+            self._say(
+                f"test loss {test_loss:.4f} (perplexity {math.exp(min(test_loss, 700.0)):.2f})"
+            )
+        record = training_record(self, stopped, final_val, test_loss, chosen)
         model_dir = adapter_dir = None
         if self.dist.is_main:
-            model_dir, adapter_dir = self._export(record)
-            atomic_write_text(self.out_dir / RECORD_FILE, _dumps(record))
+            model_dir, adapter_dir = export(
+                self.core,
+                self.peft,
+                self.hf_tokenizer,
+                self.out_dir,
+                merge=c.finetune.merge_lora,
+                record=record,
+            )
+            atomic_write_text(self.out_dir / RECORD_FILE, dumps(record))
             self._say(
                 f"done: {stopped} at step {self.loop.step}; model in {model_dir or adapter_dir}"
             )
         dist.barrier(self.dist)
-        return TrainResult(self.out_dir, model_dir, adapter_dir, record, self.dist.rank)
-
-    def _choose_final_weights(self) -> str:
-        """Load the best checkpoint's weights when asked to and they differ from the current."""
-        best_step = self.loop.best_step
-        best_dir = self.checkpoints.best()
-        usable = best_dir is not None and self.checkpoints.best_step() == best_step
-        if self.config.checkpoint.final != "best" or not usable or best_dir is None:
-            return "last"
-        if best_step != self.loop.step:
-            if self.peft is not None:
-                load_adapter_weights(self.peft, best_dir / "adapter")
-            else:
-                load_full_weights(self.core, best_dir)
-        return f"best (step {best_step})"
-
-    def _parameter_counts(self) -> dict[str, int]:
-        seen: set[int] = set()
-        total = trainable = 0
-        for p in self.core.parameters():
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            total += p.numel()
-            trainable += p.numel() if p.requires_grad else 0
-        return {"total": total, "trainable": trainable}
-
-    def _export(self, record: dict[str, Any]) -> tuple[Path | None, Path | None]:
-        """Write out_dir/model (a full lmscope checkpoint) and, for LoRA, out_dir/adapter."""
-        from lmscope.zoo.checkpoint import save_checkpoint
-
-        for stale in [*self.out_dir.glob(".model.*"), *self.out_dir.glob(".adapter.*")]:
-            shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
-        metadata = {"producer": "lmscope train", "training": record}
-        adapter_dir = None
-        model: Transformer | None = self.core
-        if self.peft is not None:
-            adapter_dir = save_adapter(self.peft, self.out_dir / "adapter")
-            model = merge_lora(self.peft) if self.config.finetune.merge_lora else None
-        if model is None:
-            return None, adapter_dir
-        tmp = new_temp_dir(".model.", self.out_dir)
-        try:
-            save_checkpoint(model, tmp, tokenizer=self.hf_tokenizer, metadata=_json_safe(metadata))
-            target = self.out_dir / "model"
-            replace_dir(tmp, target)
-        except OSError as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointWriteError(
-                f"could not write the final model to {self.out_dir / 'model'}: {err}; the step "
-                "checkpoints are intact, free space and run again with --resume"
-            ) from err
-        return target, adapter_dir
-
-
-def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str, allow_nan=True))
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, indent=1, default=str) + "\n"
+        return TrainResult(
+            self.out_dir, model_dir, adapter_dir, record, self.dist.rank, self.checkpoints.latest()
+        )
 
 
 def train(config: TrainConfig, **kwargs: Any) -> TrainResult:
