@@ -320,3 +320,11 @@ def test_tool_parameters_with_local_refs_keep_working_inside_the_call(tool_tok) 
         plan = apply_structured({"tools": tools, "tool_choice": choice}, tool_tok)
         message, _ = plan.message(run(tool_tok, plan.processors()), "stop")
         assert json.loads(message["tool_calls"][0]["function"]["arguments"])["unit"] in ("c", "f")
+
+
+def test_without_the_grammar_engine_the_answer_says_what_to_install(tok, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from lmscope.engine import constraints
+
+    monkeypatch.setattr(constraints, "llguidance", None)
+    message = refused(tok, {"response_format": {"type": "json_object"}}, "response_format")
+    assert "pip install" in message and "llguidance" in message

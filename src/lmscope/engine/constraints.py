@@ -29,7 +29,7 @@ try:  # a light wheel, but keep the rest of lmscope importable without it
 except ImportError:  # pragma: no cover - exercised only where the package is missing
     llguidance = None  # type: ignore[assignment]
 
-INSTALL_HINT = "structured output needs the llguidance package: pip install 'llguidance>=1.0'"
+INSTALL_HINT = "structured output needs the llguidance package: pip install 'llguidance>=1.9'"
 
 # Compact JSON with one space after ',' and ':', the layout models see most. Flexible whitespace
 # lets a small model emit newlines forever without ever breaking the grammar.
