@@ -18,9 +18,11 @@ from lmscope.zoo.hf import (  # noqa: E402
     SUPPORTED_FAMILIES,
     config_from_hf,
     from_hf,
+    load_hf_directory,
     state_dict_from_hf,
     to_hf_state_dict,
 )
+from lmscope.zoo.hf.load import LazyTensors  # noqa: E402
 
 VOCAB = 160
 N_CTX = 48
@@ -137,20 +139,100 @@ def test_logits_match_hf(case: str) -> None:
     assert not ours.training
     ids = tokens()
     assert_matches(ours, hf_model, ids)
-    # The trace path computes the same logits as the fast path.
+    # The trace path computes the same logits as the reference path, bit for bit.
     with torch.no_grad():
-        fast = ours(ids)
-    trace = ours.run_with_trace(ids)
-    torch.testing.assert_close(trace.logits, fast, atol=1e-5, rtol=1e-5)
+        reference = ours(ids)
+    assert torch.equal(ours.run_with_trace(ids).logits, reference)
 
 
-@pytest.mark.parametrize("case", ["gpt2", "qwen2-gqa", "gpt_neox-parallel"])
-def test_from_local_directory(case: str, tmp_path: Path) -> None:
+@pytest.fixture
+def no_hf_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building any transformers model (or loading one through the Auto classes) fails."""
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("a transformers model was instantiated")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "__init__", refuse)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_directory_is_read_from_safetensors_without_a_transformers_model(
+    case: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     hf_model = make_hf_model(case)
     hf_model.save_pretrained(tmp_path)
-    assert list(tmp_path.glob("*.safetensors"))
-    assert_matches(from_hf(tmp_path), hf_model, tokens())
+    assert (tmp_path / "model.safetensors").is_file()
+    request.getfixturevalue("no_hf_models")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Mistral's sliding window, as with objects
+        ours = from_hf(tmp_path)
+    assert_matches(ours, hf_model, tokens())
     assert_matches(from_hf(str(tmp_path)), hf_model, tokens(seed=5))
+
+
+def test_sharded_directory_and_dtype(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    hf_model = make_hf_model("llama")
+    hf_model.save_pretrained(tmp_path, max_shard_size="40KB")
+    request.getfixturevalue("no_hf_models")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    assert_matches(from_hf(tmp_path), hf_model, tokens())
+    half = from_hf(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+
+
+def test_lazy_tensors_read_only_what_is_asked(tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.ones(2), "b": torch.arange(3)}, str(tmp_path / "w.safetensors"))
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as handle:
+        reads: list[str] = []
+        real = handle.get_tensor
+
+        class Counting:
+            def keys(self) -> list[str]:
+                return list(handle.keys())
+
+            def get_tensor(self, name: str) -> torch.Tensor:
+                reads.append(name)
+                return real(name)
+
+        lazy = LazyTensors([Counting()], torch.float16)
+        assert "a" in lazy and "z" not in lazy and sorted(lazy) == ["a", "b"]
+        assert reads == []  # membership and listing read nothing
+        assert lazy["a"].dtype == torch.float16 and lazy["b"].dtype == torch.int64
+        assert reads == ["a", "b"]
+
+
+def test_directory_keeps_its_tokenizer(tmp_path: Path) -> None:
+    from conftest import build_tiny_tokenizer
+    from lmscope.zoo.registry import load
+
+    hf_model = make_hf_model("qwen2-gqa")
+    hf_model.save_pretrained(tmp_path)
+    model, tokenizer = load_hf_directory(tmp_path)
+    assert tokenizer is None  # no tokenizer files: none, and no error
+    assert_matches(model, hf_model, tokens())
+    saved = build_tiny_tokenizer(VOCAB)
+    saved.save_pretrained(tmp_path)
+    _, tokenizer = load_hf_directory(tmp_path)
+    assert tokenizer is not None
+    assert tokenizer.get_vocab() == saved.get_vocab()
+    assert tokenizer.chat_template == saved.chat_template
+    loaded = load(str(tmp_path))  # the registry (CLI, server) goes the same way
+    assert loaded.tokenizer is not None and loaded.tokenizer.get_vocab() == saved.get_vocab()
+
+
+def test_directory_of_an_unsupported_family_names_the_supported_ones(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "hidden_size": 64}')
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UnsupportedModelError, match=r"'bert'.*gpt2, opt, llama"):
+        from_hf(tmp_path)
+    (tmp_path / "config.json").write_text('{"hidden_size": 64}')
+    with pytest.raises(UnsupportedModelError, match=r"no model_type.*supported: gpt2"):
+        from_hf(tmp_path)
 
 
 def test_converted_model_does_not_share_memory_with_hf() -> None:
@@ -303,3 +385,23 @@ def test_dtype_argument() -> None:
     assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
     with torch.no_grad():
         assert ours(tokens()).dtype == torch.bfloat16
+
+
+# The tiny presets claim to be these families: the HF converter must agree on what makes each.
+PRESET_OF_CASE = {"gpt2": "tiny-gpt2", "opt": "tiny-opt", "llama": "tiny-llama",
+                  "mistral": "tiny-mistral", "qwen2-gqa": "tiny-qwen2-mqa",
+                  "gpt_neox-parallel": "tiny-neox"}  # fmt: skip
+FAMILY_KEYS = ("architecture", "positional", "rotary_pct", "norm", "activation", "gated_mlp",
+               "qkv_bias", "out_bias", "mlp_bias", "unembed_bias", "parallel_attn_mlp")  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(PRESET_OF_CASE))
+def test_tiny_presets_describe_the_families_they_name(case: str) -> None:
+    from lmscope.model.config import ModelConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        converted = config_from_hf(make_hf_config(case))
+    preset = ModelConfig.from_name(PRESET_OF_CASE[case])
+    for key in FAMILY_KEYS:
+        assert getattr(preset, key) == getattr(converted, key), key

@@ -75,17 +75,9 @@ def _load_directory(path: Path) -> tuple[Transformer, Any]:
     if checkpoint.is_checkpoint(path):
         return checkpoint.load_checkpoint(path)
     if (path / "config.json").is_file():
-        from lmscope.zoo import hf
+        from lmscope.zoo.hf import load_hf_directory
 
-        model = hf.from_hf(path)
-        tokenizer = None
-        try:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        except Exception:  # a checkpoint without tokenizer files is still a model
-            tokenizer = None
-        return model, tokenizer
+        return load_hf_directory(path)  # with the directory's own tokenizer
     raise UnknownModelError(
         f"{path} is a directory but neither an lmscope checkpoint (config.json + "
         "model.safetensors) nor a Hugging Face checkpoint"
