@@ -4,10 +4,11 @@ against a real uvicorn server (the limits depend on how the bytes arrive)."""
 from __future__ import annotations
 
 import json
+import logging
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,57 @@ def test_unknown_paths_share_one_metric_label(served: tuple[str, FastAPI]) -> No
     labels = route_labels(base)
     assert "other" in labels and "/v1/explain/routes" in labels
     assert labels <= {path for path, _ in app_routes(app)} | {"other"}, labels
+
+
+# ---- the access log ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("path", "payload"),
+    [
+        ("/v1/completions", {"prompt": "The quick brown"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}),
+    ],
+)
+def test_a_request_whose_client_hangs_up_is_logged_with_model_and_tokens(
+    served: tuple[str, FastAPI],
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    payload: dict[str, Any],
+) -> None:
+    base, app = served
+    caplog.set_level(logging.INFO, logger="lmscope.access")
+    model = app.state.lm.models["tiny"].model
+    forwards = [0]
+
+    def slow(*_: Any) -> None:  # 100 tokens take seconds: the client leaves long before
+        forwards[0] += 1
+        time.sleep(0.02)
+
+    handle = model.register_forward_pre_hook(slow)
+    body = json.dumps({"model": "tiny", "max_tokens": 100, "ignore_eos": True, **payload})
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    host, port = base.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall((head + body).encode())
+            wait_for(lambda: forwards[0] >= 5, "generation to start")
+        wait_for(lambda: bool(access_lines(caplog, path)), "the request's log line")
+    finally:
+        handle.remove()
+    (line,) = access_lines(caplog, path)
+    assert line["status"] == 499
+    assert line["model"] == "tiny" and line["tokens_in"] > 0 and line["tokens_out"] >= 1, line
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def access_lines(caplog: pytest.LogCaptureFixture, path: str) -> list[dict[str, Any]]:
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "lmscope.access"]
+    return [line for line in lines if line["path"] == path]

@@ -124,7 +124,7 @@ class OpenAIServingChat:
         plan = await _plan(served, body)
         prompt = await chat_prompt(served, body.messages, _renderer(plan))
         limit = body.token_limit()
-        room = self.state.settings.max_seq_len - len(prompt) - 1
+        room = served.engine.max_seq_len - len(prompt) - 1
         max_tokens = limit if limit is not None else max(1, min(DEFAULT_CHAT_TOKENS, room))
         check_fits(served, [prompt], max_tokens, "messages")
         jobs = [
@@ -215,11 +215,14 @@ class OpenAIServingChat:
         scores: list[list[Any]] = [[] for _ in jobs]
         reasons: list[Any] = [None] * len(jobs)
         counts = [0] * len(jobs)
+        prompt_tokens = len(jobs[0].prompt)
+        note(self.request, served, prompt_tokens, 0)  # kept current: a hang-up is logged too
         async for c, event in run_jobs(served, jobs, self.state.settings.request_timeout):
             texts[c].append(event.text)
             if event.logprob is not None:
                 scores[c].append(event.logprob)
             counts[c] = max(counts[c], event.completion_tokens)
+            note(self.request, served, prompt_tokens, sum(counts))
             reasons[c] = event.finish_reason or reasons[c]
         choices = []
         for c in range(len(jobs)):
@@ -235,8 +238,6 @@ class OpenAIServingChat:
                     finish_reason=reason,
                 )
             )
-        prompt_tokens = len(jobs[0].prompt)
-        note(self.request, served, prompt_tokens, sum(counts))
         return ChatCompletionResponse(
             id=self.id,
             created=self.created,

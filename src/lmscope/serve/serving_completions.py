@@ -138,6 +138,8 @@ class OpenAIServingCompletion:
         prompt_scores: list[list[Any] | None] = [None] * len(jobs)
         reasons: list[Any] = [None] * len(jobs)
         counts = [0] * len(jobs)
+        prompt_tokens = sum(len(job.prompt) for job in jobs[:: body.n])
+        note(self.request, served, prompt_tokens, 0)  # kept current: a hang-up is logged too
         async for choice, event in run_jobs(served, jobs, self.state.settings.request_timeout):
             if event.prompt_logprobs is not None:
                 prompt_scores[choice] = event.prompt_logprobs
@@ -145,6 +147,7 @@ class OpenAIServingCompletion:
             if event.logprob is not None:
                 scores[choice].append(event.logprob)
             counts[choice] = max(counts[choice], event.completion_tokens)
+            note(self.request, served, prompt_tokens, sum(counts))
             reasons[choice] = event.finish_reason or reasons[choice]
         choices = []
         for job in jobs:
@@ -164,8 +167,6 @@ class OpenAIServingCompletion:
                     finish_reason=reasons[c],
                 )
             )
-        prompt_tokens = sum(len(job.prompt) for job in jobs[:: body.n])
-        note(self.request, served, prompt_tokens, sum(counts))
         return CompletionResponse(
             id=self.id,
             created=self.created,
