@@ -106,6 +106,15 @@ def test_every_sampled_choice_is_valid_json_for_the_schema(server: str, name: st
         assert validator.is_valid(json.loads(choice["message"]["content"]))
 
 
+def test_greedy_answers_are_constrained_too(server: str) -> None:
+    schema = SCHEMAS["nested"]
+    r = chat(server, response_format=schema_format(schema, strict=True), temperature=0)
+    assert r.status_code == 200, r.text
+    (choice,) = r.json()["choices"]
+    assert choice["finish_reason"] == "stop", choice
+    assert jsonschema_rs.is_valid(schema, json.loads(choice["message"]["content"]))
+
+
 def test_a_streamed_answer_is_valid_json(server: str) -> None:
     schema = SCHEMAS["nested"]
     body = {
