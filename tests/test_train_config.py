@@ -78,7 +78,9 @@ def test_load_with_overrides(tmp_path: Path) -> None:
         (["eval.every_steps=4"], r"unknown config key 'eval.every_steps'.*did you mean"),
         (["data.block_size=64"], r"did you mean 'data.context'"),
         # wrong types, one line naming the key and the value
-        (["train.batch_size=true"], r"train.batch_size must be a number, got True"),
+        (["train.batch_size=true"], r"train.batch_size must be an integer, got True"),
+        (["optim.lr=false"], r"optim.lr must be a number, got False"),
+        (["optim.lerning_rate=1"], r"did you mean 'optim.lr'"),  # close to an alias
         (["train.batch_size=2.5"], r"train.batch_size must be a whole number, got 2.5"),
         (["train.max_steps=many"], r"train.max_steps must be an integer, got 'many'"),
         (["data.pack=3"], r"data.pack must be true or false, got 3"),

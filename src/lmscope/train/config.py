@@ -34,17 +34,22 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from lmscope.model.config import ConfigError, ModelConfig
 from lmscope.train.config_errors import describe
 from lmscope.train.errors import TrainConfigError
 
 
-def _refuse_bool(value: Any) -> Any:
+def _not_bool(kind: str) -> BeforeValidator:
     """Booleans are not numbers here: `batch_size: true` is a mistake, not 1."""
-    if isinstance(value, bool):
-        raise ValueError("must be a number, not true/false")
-    return value
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticCustomError(kind, "true/false is not a number")
+        return value
+
+    return BeforeValidator(check)
 
 
 def _one_or_many(value: Any) -> Any:
@@ -57,8 +62,8 @@ def _on_off(value: Any) -> Any:
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
-Int = Annotated[int, BeforeValidator(_refuse_bool)]
-Float = Annotated[FiniteFloat, BeforeValidator(_refuse_bool)]
+Int = Annotated[int, _not_bool("int_type")]
+Float = Annotated[FiniteFloat, _not_bool("float_type")]
 Bool = StrictBool
 Strings = Annotated[list[str], BeforeValidator(_one_or_many)]
 

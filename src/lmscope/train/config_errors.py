@@ -62,8 +62,9 @@ def dotted(loc: tuple[int | str, ...]) -> str:
 
 def unknown_key_message(where: str, key: str, known: list[str]) -> str:
     """`unknown config key 'a.b'; did you mean 'a.c'? (known keys here: ...)`."""
-    alias = ALIASES.get(key)
-    close = [alias] if alias in known else difflib.get_close_matches(key, known, n=1)
+    # the closest known key, or the known key behind the closest alias (lerning_rate -> lr)
+    candidates = {k: k for k in known} | {a: t for a, t in ALIASES.items() if t in known}
+    close = [candidates[c] for c in difflib.get_close_matches(key, list(candidates), n=1)]
     full = f"{where}.{key}" if where else key
     hint = f"; did you mean '{f'{where}.{close[0]}' if where else close[0]}'?" if close else ""
     return f"unknown config key '{full}'{hint} (known keys here: {', '.join(known)})"
@@ -123,6 +124,4 @@ def describe(err: ValidationError, root: type[BaseModel], prefix: str = "") -> s
     if error["type"] == "missing":
         return f"{where} is required"
     what = _what(error)
-    if what.startswith("must be a number, not"):
-        what = "must be a number"  # booleans refused by the number types
     return f"{where} {what}, got {error['input']!r}"
