@@ -351,3 +351,22 @@ def test_trace_cache_byte_bound_counts_flows_and_the_newest_entry(reference) -> 
     fits = TraceCache(max_entries=8, max_bytes=a.nbytes())
     fits.put(a)
     assert len(fits) == 1  # a's l1 flow is not computed yet: a fits exactly
+
+
+def test_openapi_describes_the_explain_routes(server: str) -> None:
+    doc = httpx.get(server + "/openapi.json", timeout=30).json()
+    schemas = doc["components"]["schemas"]
+    for path, name in (("/v1/explain", "Explain"), ("/v1/explain/saliency", "Saliency")):
+        operation = doc["paths"][path]["post"]
+        assert {"400", "408", "429", "499"} <= set(operation["responses"]), path
+        assert "422" not in operation["responses"]
+        ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok == {"$ref": f"#/components/schemas/{name}Response"}
+        request = schemas[f"{name}Request"]
+        # exactly one of prompt or messages, in the schema as in the server
+        assert request["oneOf"] == [
+            {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
+            for field in ("prompt", "messages")
+        ]
+        assert request["additionalProperties"] is False
+    assert "n_prompt_tokens" in schemas["ExplainResponse"]["required"]

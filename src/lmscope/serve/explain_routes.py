@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from lmscope.serve.openapi_doc import error_responses
 from lmscope.serve.protocol.explain import (
     ExplainRequest,
     ExplainResponse,
@@ -25,39 +26,41 @@ from lmscope.serve.protocol.explain import (
 from lmscope.serve.serving_explain import ExplainServing
 
 router = APIRouter(tags=["explain"])
+# 408 and 499: a long explanation stops when the request times out or its client leaves.
+EXPLAIN_ERRORS = error_responses(400, 401, 404, 408, 413, 415, 429, 499, 503)
 
 
-@router.post("/v1/explain", response_model=ExplainResponse)
+@router.post("/v1/explain", response_model=ExplainResponse, responses=EXPLAIN_ERRORS)
 async def explain_prompt(body: ExplainRequest, request: Request) -> ExplainResponse:
     """The full explanation of one target position: routes, lens, heads, neurons, saliency."""
     return await ExplainServing.of(request).explain(request, body)
 
 
-@router.post("/v1/explain/routes", response_model=RoutesResponse)
+@router.post("/v1/explain/routes", response_model=RoutesResponse, responses=EXPLAIN_ERRORS)
 async def explain_routes(body: RoutesRequest, request: Request) -> RoutesResponse:
     """Only the route graph (cheap on a cached prompt: re-thresholding for the tau slider)."""
     return await ExplainServing.of(request).routes(request, body)
 
 
-@router.post("/v1/explain/head", response_model=HeadResponse)
+@router.post("/v1/explain/head", response_model=HeadResponse, responses=EXPLAIN_ERRORS)
 async def explain_head(body: HeadRequest, request: Request) -> HeadResponse:
     """One head: its attention pattern, its contribution map and the tokens it promotes."""
     return await ExplainServing.of(request).head(request, body)
 
 
-@router.post("/v1/explain/neurons", response_model=NeuronsResponse)
+@router.post("/v1/explain/neurons", response_model=NeuronsResponse, responses=EXPLAIN_ERRORS)
 async def explain_neurons(body: NeuronsRequest, request: Request) -> NeuronsResponse:
     """The top neurons of one MLP at a position, each with its vocabulary projection."""
     return await ExplainServing.of(request).neurons(request, body)
 
 
-@router.post("/v1/explain/lens", response_model=LensResponse)
+@router.post("/v1/explain/lens", response_model=LensResponse, responses=EXPLAIN_ERRORS)
 async def explain_lens(body: LensRequest, request: Request) -> LensResponse:
     """The logit lens of one residual node, with each token's rank at the previous node."""
     return await ExplainServing.of(request).lens(request, body)
 
 
-@router.post("/v1/explain/saliency", response_model=SaliencyResponse)
+@router.post("/v1/explain/saliency", response_model=SaliencyResponse, responses=EXPLAIN_ERRORS)
 async def explain_saliency(body: SaliencyRequest, request: Request) -> SaliencyResponse:
     """Input attribution of one prediction by gradient x input, integrated gradients or
     attention rollout."""

@@ -46,10 +46,17 @@ TokenRef = Text | Annotated[StrictInt, AfterValidator(_token_id)]
 
 
 # ---- requests --------------------------------------------------------------------------------
+def _given(field: str) -> JsonObject:
+    return {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
+
+
 class PromptFields(BaseModel):
     """How every explain request names its prompt."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [_given("prompt"), _given("messages")]},
+    )
 
     model: Text | None = None
     prompt: Text | list[StrictInt] | None = Field(
