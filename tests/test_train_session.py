@@ -246,3 +246,29 @@ print(",".join(bad))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"data/train imported: {done.stdout.strip()}"
+
+
+def test_a_chatml_fine_tune_samples_in_its_format(tmp_path: Path) -> None:
+    lines = [line for line in _text().splitlines() if line.strip()]
+    pairs = [
+        {"prompt": a, "completion": " " + b}
+        for a, b in zip(lines[0:200:2], lines[1:200:2], strict=True)
+    ]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in pairs))
+    data = tmp_path / "data"
+    prepare(
+        PrepareConfig(
+            inputs=[str(path)],
+            out=str(data),
+            vocab_size=320,
+            special_tokens=SpecialTokens(extra=CHATML),
+            progress=False,
+        )
+    )
+    config = tiny(data, tmp_path / "run", train={"max_steps": 2}, sample={"prompts": [lines[0]]})
+    config["data"]["pack"] = False
+    trainer = Trainer(config_from_dict(config))
+    result = trainer.run()
+    assert trainer.prompt_format.template == "chatml"  # from the data's manifest
+    assert [s["prompt"] for s in result.record["metrics"]["samples"]] == [lines[0]]
