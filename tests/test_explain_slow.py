@@ -83,3 +83,44 @@ def test_1024_tokens_fit_in_4_gb() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     peak_gb = float(out.stdout.strip().splitlines()[-1])
     assert peak_gb < 4.0, peak_gb
+
+
+@pytest.mark.slow
+def test_integrated_gradients_stays_in_its_memory_budget_and_gives_it_back() -> None:
+    """IG (128 steps) on 256 tokens of smollm2-135m, stopped after 3 passes, in a fresh process:
+    what it adds at its peak stays under the budget, and what it keeps after is small."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from lmscope.zoo.registry import load
+        from lmscope.explain import ExplanationCancelled, integrated_gradients
+        from lmscope.explain.budget import DEFAULT_MEMORY_BUDGET
+
+        def status(key):
+            for line in open("/proc/self/status"):
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+
+        loaded = load("smollm2-135m")
+        ids = torch.randint(1000, 20000, (256,), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            loaded.model(ids[None])  # every weight paged in before the baseline
+        base = status("VmRSS")
+        open("/proc/self/clear_refs", "w").write("5")  # reset the peak
+        calls = []
+        try:
+            integrated_gradients(
+                loaded.model, ids, n_steps=128, should_stop=lambda: calls.append(1) or len(calls) > 4
+            )
+        except ExplanationCancelled:
+            pass
+        print(status("VmHWM") - base, status("VmRSS") - base, DEFAULT_MEMORY_BUDGET)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=1800, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    added_peak, kept, budget = map(int, out.stdout.split())
+    assert added_peak < budget, (added_peak, budget)
+    assert kept < budget // 4, (kept, budget)

@@ -9,7 +9,9 @@ of a batch, the activations autograd saves for the backward pass. `points_per_ba
 batch so that those activations stay under a byte budget, from the model's shapes: the saved
 floats per token and layer are bounded by 8 d_model + 2 qkv_width + 2 d_mlp (4 d_mlp when the
 MLP is gated). The bound is checked against autograd's saved tensors for every model family in
-tests/test_explain_budget.py; two extra layers stand for the backward pass's transient gradients.
+tests/test_explain_budget.py. A process needs more than the saved tensors (the backward pass's
+transient gradients, the allocator's slack): PEAK_FACTOR is that ratio as measured by
+`bench/explain_speed.py ig-memory` on smollm2-135m at 256 tokens.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from lmscope.model.config import ModelConfig
 
 ShouldStop = Callable[[], bool]
 
-# Activation bytes one batch of a backpropagating method may hold (about 2 path points of
-# smollm2-135m at 256 tokens).
+# Bytes one pass of a backpropagating method may add to the process (one path point of
+# smollm2-135m at 256 tokens, four at 64 tokens).
 DEFAULT_MEMORY_BUDGET = 1 << 30
-
+# Process peak per path point / autograd's saved bytes (1.46 measured; rounded up).
+PEAK_FACTOR = 1.6
 
 # Single passes needing more than this give their memory back when they finish (a collection
 # costs milliseconds, worth it only after a large pass).
@@ -51,11 +54,10 @@ def saved_floats_per_token(cfg: ModelConfig, n_layers: int | None = None) -> int
 
 
 def bytes_per_point(cfg: ModelConfig, n_tokens: int, dtype: torch.dtype) -> int:
-    """Peak bytes one path point of a forward + backward pass needs (activations and the
-    transient gradients of the backward pass, two layers' worth)."""
+    """Peak bytes one path point of a forward + backward pass adds to the process."""
     # 16-bit models still normalise in float32, so count at least 4 bytes per float.
     width = max(torch.empty((), dtype=dtype).element_size(), 4)
-    return n_tokens * width * saved_floats_per_token(cfg, cfg.n_layers + 2)
+    return int(PEAK_FACTOR * n_tokens * width * saved_floats_per_token(cfg))
 
 
 def points_per_batch(
