@@ -145,8 +145,8 @@ def test_waiting_explanations_hold_no_threads(
             pool.submit(post, "/v1/explain/routes", {"prompt": PROMPT, "tau": 0.1 + i / 100})
             for i in range(n_waiting)
         ]
-        serving = app.state.explain_serving
-        wait_for(lambda: serving.waiting == n_waiting, "the requests to queue")
+        runner = app.state.explain_serving.runner
+        wait_for(lambda: runner.waiting == n_waiting, "the requests to queue")
         try:
             probe = httpx.post(
                 base + "/v1/explain/routes",

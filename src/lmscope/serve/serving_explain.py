@@ -1,11 +1,8 @@
-"""The logic behind the explanation routes: prompts, field checks, the cache and the workers.
+"""The logic behind the explanation routes: prompts, field checks and the trace cache.
 
 A small LRU of traced prompts (see `explain_cache`) makes repeated questions about one prompt
-cheap. Explanations run on a dedicated pool of `explain_workers` threads, entered through an
-asyncio semaphore: a request waiting for its turn waits on the event loop and holds no thread,
-so queued explanations cannot starve the thread pool that tokenizing and the rest of the server
-share. A running explanation checks between batches whether its client is still connected and
-whether the request timeout has passed, and stops early if not (499 or 408).
+cheap. The work runs on the explain workers of `explain_runner`, which stop it when the client
+disconnects or the request times out (499 or 408).
 
 Request fields are checked before any work with the explain library's own checks, each against
 the field it is about, so every error names its `param` without reading its message.
@@ -13,12 +10,9 @@ the field it is about, so every error names its `param` without reading its mess
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -42,11 +36,12 @@ from lmscope.explain import (
     top_neurons,
 )
 from lmscope.explain.budget import DEFAULT_MEMORY_BUDGET
-from lmscope.explain.errors import ExplainInputError, ExplanationCancelled, check_position
+from lmscope.explain.errors import ExplainInputError, check_position
 from lmscope.explain.heads import check_head, check_layer
 from lmscope.explain.lens import parse_node
 from lmscope.serve.errors import APIError
 from lmscope.serve.explain_cache import TraceCache, TracedPrompt, explain_traced, trace_prompt
+from lmscope.serve.explain_runner import ExplainRunner, ShouldStop, Work
 from lmscope.serve.prompts import encode_locked
 from lmscope.serve.protocol.common import FieldError
 from lmscope.serve.protocol.explain import (
@@ -72,13 +67,10 @@ from lmscope.serve.state import ServedModel, ServerState
 MAX_EXPLAIN_TOKENS = 512
 CACHE_ENTRIES = 8
 CACHE_BYTES = 1 << 30
-DISCONNECT_POLL_S = 0.1
 # Activation bytes one integrated-gradients pass may hold; the steps are chunked to fit.
 IG_MEMORY_BUDGET = DEFAULT_MEMORY_BUDGET
 
 T = TypeVar("T")
-ShouldStop = Callable[[], bool]
-Work = Callable[[ShouldStop], T]
 
 
 @dataclass
@@ -196,22 +188,13 @@ async def _tokenizing(served: ServedModel, work: Callable[[], T]) -> T:
     return await run_in_threadpool(encode_locked, served.tokenizer_lock, work)
 
 
-async def _disconnected(request: Request) -> None:
-    """Return once the client has gone."""
-    while not await request.is_disconnected():
-        await asyncio.sleep(DISCONNECT_POLL_S)
-
-
 class ExplainServing:
-    """One server's explanation service: its trace cache, its worker threads and their slots."""
+    """One server's explanation service: its trace cache and its workers."""
 
     def __init__(self, state: ServerState, cache: TraceCache | None = None) -> None:
         self.state = state
         self.cache = cache if cache is not None else TraceCache(CACHE_ENTRIES, CACHE_BYTES)
-        workers = max(1, state.settings.explain_workers)
-        self._slots = asyncio.Semaphore(workers)
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="lmscope-explain")
-        self.waiting = 0  # requests waiting for a worker slot (on the event loop, no thread)
+        self.runner = ExplainRunner(state.settings.explain_workers)
 
     @classmethod
     def of(cls, request: Request) -> ExplainServing:
@@ -232,53 +215,8 @@ class ExplainServing:
         return prompt
 
     async def run(self, request: Request, work: Work[T]) -> T:
-        """Run `work(should_stop)` on an explain worker once a slot is free. should_stop turns
-        True when the client disconnects or the request timeout passes; the library then raises
-        ExplanationCancelled, answered 499 or 408."""
-        timeout = self.state.settings.request_timeout
-        deadline = time.monotonic() + timeout
-        gone = threading.Event()
-        watcher = asyncio.ensure_future(_disconnected(request))
-        watcher.add_done_callback(lambda _: gone.set())
-        try:
-            await self._acquire(watcher, deadline)
-            try:
-
-                def should_stop() -> bool:
-                    return gone.is_set() or time.monotonic() >= deadline
-
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._executor, work, should_stop)
-            except ExplanationCancelled:
-                if gone.is_set():
-                    raise APIError(499, "client closed the request") from None
-                raise APIError(
-                    408, f"the explanation timed out after {timeout:g} s", code="timeout"
-                ) from None
-            except ExplainInputError as err:  # fields are checked first; this is a last resort
-                raise APIError(400, str(err), code="invalid_value") from None
-            finally:
-                self._slots.release()
-        finally:
-            watcher.cancel()
-
-    async def _acquire(self, watcher: asyncio.Future[None], deadline: float) -> None:
-        """Wait on the event loop for a worker slot: 429 at the deadline, 499 if the client
-        leaves first."""
-        acquire: asyncio.Future[Any] = asyncio.ensure_future(self._slots.acquire())
-        remaining = max(0.0, deadline - time.monotonic())
-        waiting: set[asyncio.Future[Any]] = {acquire, watcher}
-        self.waiting += 1
-        try:
-            await asyncio.wait(waiting, timeout=remaining, return_when="FIRST_COMPLETED")
-        finally:
-            self.waiting -= 1
-        if acquire.done():
-            return
-        acquire.cancel()
-        if watcher.done():
-            raise APIError(499, "client closed the request")
-        raise APIError(429, "explanations are busy; retry shortly", headers={"Retry-After": "2"})
+        """`work(should_stop)` on an explain worker (see `explain_runner`)."""
+        return await self.runner.run(request, self.state.settings.request_timeout, work)
 
     def traced(self, prompt: Prompt, should_stop: ShouldStop) -> tuple[TracedPrompt, bool]:
         """The cached trace of the prompt (call on the worker thread)."""
