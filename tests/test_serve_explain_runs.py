@@ -158,3 +158,18 @@ def test_waiting_explanations_hold_no_threads(
             release.set()
         assert first.result(timeout=120).status_code == 200
         assert all(f.result(timeout=120).status_code == 200 for f in queued)
+
+
+def test_explanations_leave_the_served_model_in_eval_mode(served: tuple[str, FastAPI]) -> None:
+    base, app = served
+    model = app.state.lm.models["tiny"].model
+    assert not model.training
+    for path, extra in (
+        ("/v1/explain", {}),
+        ("/v1/explain/saliency", {"method": "integrated_gradients", "n_steps": 4}),
+        ("/v1/explain/saliency", {"method": "gradient_x_input"}),
+    ):
+        payload = {"model": "tiny", "prompt": "To be, or not", **extra}
+        assert httpx.post(base + path, json=payload, timeout=60).status_code == 200
+        assert not model.training, path
+        assert not any(m.training for m in model.modules()), path
