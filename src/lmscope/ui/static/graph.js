@@ -5,8 +5,9 @@
 // and after the MLP (resid_post). Attention edges run from a token's resid_pre to another
 // token's resid_mid; the MLP block is a square between resid_mid and resid_post.
 //
-// Drawing: edges are grouped by kind and width into a few <path> elements and nodes by kind into
-// a few more, so a graph of tens of thousands of edges is a handful of DOM nodes. Clicks and
+// Drawing: edges are grouped by kind, width and a block of target columns into <path> elements,
+// and nodes by kind and block into a few more, so a graph of tens of thousands of edges is a few
+// hundred DOM nodes, and the blocks out of view cost no painting. Clicks and
 // hovers are resolved geometrically (`pick`), the selection and the hovered item are drawn on an
 // overlay.
 
@@ -19,6 +20,7 @@ const TOP = 18;
 const BOTTOM = 48;
 const STAGE = { embed: 0, resid_mid: 1, mlp: 2, resid_post: 3 };
 const BUCKETS = 6; // stroke widths per edge kind
+const BLOCK = 16; // token columns per path: the browser only paints the paths in view
 const KIND_ORDER = ["residual", "mlp", "self_attention", "attention"];
 const CLASS_OF = { residual: "residual", mlp_in: "mlp", mlp_out: "mlp", self_attention: "self_attention", attention: "attention" };
 
@@ -300,17 +302,19 @@ export function renderGraph(svg, routes, opts) {
   const links = routes.links;
   const curves = links.map((e) => edgeCurve(e, L));
   const groups = new Map();
+  const blockOf = (id) => Math.floor(parseNode(id).position / BLOCK);
   links.forEach((e, i) => {
-    const key = `${CLASS_OF[e.kind]}:${strokeBucket(e.weight)}`;
+    const key = `${CLASS_OF[e.kind]}:${strokeBucket(e.weight)}:${blockOf(e.target)}`;
     if (!groups.has(key)) groups.set(key, []);
     groups.get(key).push(curvePath(curves[i]));
   });
   const edgeLayer = svgEl("g", { class: "edges" });
+  const nBlocks = Math.ceil(tokenStrs.length / BLOCK);
   for (const kind of KIND_ORDER) {
-    for (let b = 0; b < BUCKETS; b++) {
-      const parts = groups.get(`${kind}:${b}`);
+    for (let b = 0; b < BUCKETS * nBlocks; b++) {
+      const parts = groups.get(`${kind}:${b % BUCKETS}:${Math.floor(b / BUCKETS)}`);
       if (!parts) continue;
-      const s = bucketStyle(b);
+      const s = bucketStyle(b % BUCKETS);
       edgeLayer.append(
         svgEl("path", {
           class: `edge ${kind}`,
@@ -327,10 +331,16 @@ export function renderGraph(svg, routes, opts) {
 
   const nodes = routes.nodes;
   const finalId = `L${nLayers - 1}/resid_post/${target}`;
-  const shapes = { resid: "", embed: "", mlp: "" };
-  for (const n of nodes) shapes[n.kind === "mlp" ? "mlp" : n.kind === "embed" ? "embed" : "resid"] += nodeShape(n, L);
+  const shapes = new Map();
+  for (const n of nodes) {
+    const key = `${n.kind === "mlp" ? "mlp" : n.kind === "embed" ? "embed" : "resid"}:${blockOf(n.id)}`;
+    shapes.set(key, (shapes.get(key) || "") + nodeShape(n, L));
+  }
   const nodeLayer = svgEl("g", { class: "nodes" });
-  for (const [kind, d] of Object.entries(shapes)) if (d) nodeLayer.append(svgEl("path", { class: `node ${kind}`, d, "data-kind": kind }));
+  for (const [key, d] of shapes) {
+    const kind = key.split(":")[0];
+    nodeLayer.append(svgEl("path", { class: `node ${kind}`, d, "data-kind": kind }));
+  }
   const finalNode = nodes.find((n) => n.id === finalId);
   if (finalNode) nodeLayer.append(svgEl("path", { class: "node target-node", d: nodeShape(finalNode, L) }));
   svg.append(nodeLayer);
