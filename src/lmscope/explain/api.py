@@ -18,6 +18,7 @@ import torch
 from lmscope.explain.budget import ShouldStop, check_cancelled
 from lmscope.explain.errors import (
     EmptyPromptError,
+    ExplainInputError,
     check_model,
     check_position,
     check_tau,
@@ -118,7 +119,7 @@ class Explanation(JsonResult):
 def encode(tokenizer: Tokenizer | None, prompt: str | Sequence[int] | torch.Tensor) -> list[int]:
     if isinstance(prompt, str):
         if tokenizer is None:
-            raise ValueError("a text prompt needs a tokenizer; pass tokenizer= or token ids")
+            raise ExplainInputError("a text prompt needs a tokenizer; pass tokenizer= or token ids")
         if not prompt:
             raise EmptyPromptError("the prompt is empty; give some text to explain")
         return list(tokenizer.encode(prompt))
@@ -228,7 +229,9 @@ def explain_view(
     if flow is None:
         flow = compute_flow(model, view, norm=norm, token_strs=strs, should_stop=should_stop)
     elif flow.norm != norm:
-        raise ValueError(f"the flow given was computed with norm {flow.norm!r}, not {norm!r}")
+        raise ExplainInputError(
+            f"the flow given was computed with norm {flow.norm!r}, not {norm!r}"
+        )
     elif flow.token_strs is None:
         flow.token_strs = strs  # label the route nodes
     clock.lap("flow")

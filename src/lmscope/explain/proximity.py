@@ -17,13 +17,15 @@ from typing import Literal
 
 import torch
 
+from lmscope.explain.errors import ExplainInputError
+
 Norm = Literal["l1", "l2"]
 NORMS = ("l1", "l2")
 
 
 def norm_order(norm: str) -> int:
     if norm not in NORMS:
-        raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+        raise ExplainInputError(f"norm must be 'l1' or 'l2', got {norm!r}")
     return 1 if norm == "l1" else 2
 
 

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from lmscope.explain.budget import ShouldStop, check_cancelled
-from lmscope.explain.errors import check_tokens
+from lmscope.explain.errors import ExplainInputError, check_tokens
 from lmscope.model.modes import eval_mode
 from lmscope.model.trace import Trace
 from lmscope.model.transformer import Block, Transformer
@@ -50,7 +50,7 @@ def to_tokens(tokens: torch.Tensor | Sequence[int]) -> torch.Tensor:
     if t.dim() == 1:
         t = t[None]
     if t.dim() != 2 or t.shape[0] != 1:
-        raise ValueError(
+        raise ExplainInputError(
             f"explain works on one sequence at a time; got tokens of shape {tuple(t.shape)}"
         )
     return t
@@ -120,7 +120,9 @@ class TraceView:
             return self.resid_mid(layer)
         if kind == "resid_post":
             return self.resid_post(layer)
-        raise ValueError(f"unknown residual node kind {kind!r}; use embed, resid_mid or resid_post")
+        raise ExplainInputError(
+            f"unknown residual node kind {kind!r}; use embed, resid_mid or resid_post"
+        )
 
     # ---- attention ---------------------------------------------------------------------------
     def pattern(self, layer: int) -> torch.Tensor:
