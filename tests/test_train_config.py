@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from lmscope.train.config import ScheduleSection, TrainConfig, apply_overrides, load_config
-from lmscope.train.config_keys import config_keys, validate_override
+from lmscope.train.config_keys import config_keys, validate_override, with_overrides
 from lmscope.train.errors import TrainConfigError
 from lmscope.train.schedules import Schedule
 
@@ -163,6 +163,18 @@ def test_validate_override() -> None:
     assert validate_override("model.n_heads=3")[1] == 3
     with pytest.raises(TrainConfigError, match=r"n_heads \(3\) must divide d_model"):
         validate_override("model.n_heads=3", BASE)
+
+
+def test_with_overrides_gives_a_new_validated_config(tmp_path: Path) -> None:
+    base = load_config(write(tmp_path, BASE))
+    tuned = with_overrides(base, ["optim.lr=0.01", "model.d_model=64", "finetune.lora.r=2"])
+    assert tuned.optim.lr == 0.01 and tuned.model["d_model"] == 64
+    assert tuned.finetune.lora is not None and tuned.finetune.lora.r == 2
+    assert base.optim.lr == 3e-4 and base.model["d_model"] == 32 and base.finetune.lora is None
+    with pytest.raises(TrainConfigError, match=r"did you mean 'optim\.lr'"):
+        with_overrides(base, ["optim.lrr=0.01"])
+    with pytest.raises(TrainConfigError, match=r"n_heads \(2\) must divide d_model \(33\)"):
+        with_overrides(base, ["model.d_model=33"])
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ that vary config values (hyperparameter search, sweeps) without writing a YAML f
     config_keys()                      -> ["checkpoint.every", ..., "optim.lr", ...]
     validate_override("optim.lr=3e-4") -> ("optim.lr", 0.0003)
     validate_override("optim.lr=-1")   -> TrainConfigError: optim.lr must be a positive number, ...
+    with_overrides(config, ["optim.lr=3e-4", "train.max_steps=500"]) -> a new, validated config
 """
 
 from __future__ import annotations
@@ -93,3 +94,11 @@ def validate_override(override: str, base: dict[str, Any] | None = None) -> tupl
     if base is not None:
         config_from_dict(apply_overrides(copy.deepcopy(base), [override]))
     return ".".join(keys), checked
+
+
+def with_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """A new validated config: `config` with `section.key=value` overrides applied (the
+    original is left as it was)."""
+    for override in overrides:
+        validate_override(override)
+    return config_from_dict(apply_overrides(config.to_dict(), overrides))
