@@ -109,8 +109,15 @@ def test_greedy_and_repetition_penalty_match_hugging_face_generate(tok) -> None:
         SamplingParams(
             max_new_tokens=10, temperature=1.2, top_p=0.8, repetition_penalty=1.3, seed=3
         ),
+        SamplingParams(
+            max_new_tokens=10,
+            temperature=0,
+            presence_penalty=0.7,
+            frequency_penalty=0.4,
+            logit_bias={5: 3.0, 9: -100},
+        ),
     ],
-    ids=["greedy", "top-k", "top-p+penalty"],
+    ids=["greedy", "top-k", "top-p+penalty", "openai-penalties"],
 )
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_batch_gives_exactly_the_one_by_one_results(family: str, params, tok) -> None:  # type: ignore[no-untyped-def]
@@ -455,3 +462,62 @@ def test_score_batch_scores_every_text_as_a_full_forward_would(model, tok) -> No
         got = [lp.logprob for lp in result.logprobs[1:] if lp is not None]
         assert result.logprobs[0] is None and len(got) == len(ids) - 1
         assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_openai_penalties_and_bias_in_generation_match_a_reference_loop(model, tok) -> None:  # type: ignore[no-untyped-def]
+    """Greedy decoding with presence/frequency penalties and a logit bias, against a full forward
+    per token with the formula applied by hand."""
+    ids = tok.encode(PROMPTS[0])
+    presence, frequency, bias = 1.0, 0.6, {7: 2.5, 11: -100.0}
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(12):
+            row = model(torch.tensor([ids + out]))[0, -1].tolist()
+            for token, value in bias.items():
+                row[token] += value
+            for j in set(out):
+                row[j] -= presence + frequency * out.count(j)
+            out.append(max(range(len(row)), key=row.__getitem__))
+    got = generate(
+        model,
+        tok,
+        ids,
+        max_new_tokens=12,
+        temperature=0,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+        logit_bias=bias,
+        eos_token_ids=NO_EOS,
+    )
+    assert got.token_ids == out
+    plain = generate(model, tok, ids, max_new_tokens=12, temperature=0, eos_token_ids=NO_EOS)
+    assert plain.token_ids != out  # the settings did change the completion
+
+
+def test_prompts_refuse_booleans_bad_ids_and_lone_surrogates(model, tok) -> None:  # type: ignore[no-untyped-def]
+    from lmscope.engine import check_token_ids, encode_text
+
+    with pytest.raises(GenerationError, match="not booleans"):
+        generate(model, tok, [True, False, 5], max_new_tokens=2)
+    with pytest.raises(GenerationError, match="outside the vocabulary"):
+        generate(model, tok, [5, 300], max_new_tokens=2)  # vocabulary of 300
+    with pytest.raises(GenerationError, match="integers"):
+        check_token_ids([1, 2.5])
+    assert check_token_ids([torch.tensor(3), 4], vocab_size=5) == [3, 4]
+    with pytest.raises(GenerationError, match="lone UTF-16 surrogate at character 2"):
+        encode_text(tok, "ab\ud800cd")
+    with pytest.raises(GenerationError, match="surrogate"):
+        prepare_prompt(tok, [{"role": "user", "content": "x\udfff"}], n_ctx=64)
+
+
+def test_llm_class_is_the_same_api_as_methods(model, tok) -> None:  # type: ignore[no-untyped-def]
+    from lmscope.engine import LLM
+
+    llm = LLM(model, tok, max_batch_size=2, eos_token_ids=NO_EOS)
+    params = SamplingParams(max_new_tokens=6, temperature=0.9, seed=1)
+    got = llm.generate(PROMPTS, params)
+    want = generate_batch(model, tok, PROMPTS, params, eos_token_ids=NO_EOS)
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    streamed = llm.stream(PROMPTS[0], params)
+    assert "".join(streamed) == want[0].text
+    assert [s.token_ids for s in llm.score(PROMPTS[:2])] == [tok.encode(p) for p in PROMPTS[:2]]

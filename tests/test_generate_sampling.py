@@ -16,6 +16,7 @@ from transformers import (
 from lmscope.engine.sampling import (
     GenerationError,
     SamplingParams,
+    SequenceSampler,
     apply_repetition_penalty,
     next_token,
     processed_logits,
@@ -171,6 +172,15 @@ def test_sampled_tokens_stay_inside_the_filters() -> None:
         dict(repetition_penalty=0.0),
         dict(logprobs=-1),
         dict(stop=("",)),
+        dict(temperature=float("nan")),
+        dict(presence_penalty=2.5),
+        dict(frequency_penalty=-3.0),
+        dict(logit_bias={5: 101.0}),
+        dict(logit_bias={5: float("nan")}),
+        dict(logit_bias={True: 1.0}),
+        dict(logit_bias={"five": 1.0}),
+        dict(stop_token_ids=(True,)),
+        dict(logits_processors=("not callable",)),
     ],
 )
 def test_impossible_params_are_user_errors(bad: dict[str, object]) -> None:
@@ -180,3 +190,90 @@ def test_impossible_params_are_user_errors(bad: dict[str, object]) -> None:
 
 def test_a_single_stop_string_is_accepted() -> None:
     assert SamplingParams(stop="\n").stop == ("\n",)  # type: ignore[arg-type]
+
+
+def test_nan_is_named_as_not_a_number() -> None:
+    with pytest.raises(GenerationError, match="temperature is not a number"):
+        SamplingParams(temperature=float("nan"))
+
+
+# ---- OpenAI's presence/frequency penalties, logit_bias, custom processors ----------------------
+
+
+def brute_openai_penalties(
+    logits: list[float], generated: list[int], presence: float, frequency: float
+) -> list[float]:
+    """OpenAI's documented formula, token by token: mu[j] - c[j] * frequency - (c[j] > 0) * presence,
+    with c[j] the count of token j in the completion so far."""
+    out = []
+    for j, mu in enumerate(logits):
+        c = generated.count(j)
+        out.append(mu - c * frequency - (1.0 if c > 0 else 0.0) * presence)
+    return out
+
+
+@pytest.mark.parametrize(("presence", "frequency"), [(0.5, 0.0), (0.0, 0.8), (1.5, -0.7), (-2, 2)])
+def test_presence_and_frequency_penalties_follow_openai(presence: float, frequency: float) -> None:
+    logits = random_logits(5)
+    generated = [3, 7, 7, 7, 20, 41, 3]
+    params = SamplingParams(temperature=0, presence_penalty=presence, frequency_penalty=frequency)
+    expected = brute_openai_penalties(logits.tolist(), generated, presence, frequency)
+    got = processed_logits(logits, params, generated=generated)
+    assert got.tolist() == pytest.approx(expected, abs=1e-5)
+    # the sampler's running counts give the same as counting the list from scratch
+    sampler = SequenceSampler(params, [1, 2, 3], vocab_size=50, device=torch.device("cpu"))
+    for token in generated:
+        sampler.observe(token)
+    running = processed_logits(logits, params, counts=sampler.counts, generated=generated)
+    assert running.tolist() == pytest.approx(expected, abs=1e-5)
+    assert not params.plain_greedy
+
+
+def test_penalties_count_the_completion_not_the_prompt() -> None:
+    logits = torch.zeros(10)
+    params = SamplingParams(temperature=0, presence_penalty=1.0)
+    sampler = SequenceSampler(params, [4, 4, 4], vocab_size=10, device=torch.device("cpu"))
+    assert sampler.choose(logits, []) == 0  # nothing generated: every logit still 0
+    sampler.observe(0)
+    assert sampler.choose(logits, [0]) == 1  # token 0 now penalised, the prompt's 4 is not
+
+
+def test_logit_bias_adds_to_the_named_tokens() -> None:
+    logits = random_logits(6)
+    bias = {0: -100.0, 7: 3.5, "12": 100}  # JSON object keys arrive as strings
+    params = SamplingParams(temperature=0.8, logit_bias=bias)  # type: ignore[arg-type]
+    assert params.logit_bias == {0: -100.0, 7: 3.5, 12: 100.0}
+    expected = logits.tolist()
+    for token, value in params.logit_bias.items():
+        expected[token] += value
+    expected = [v / 0.8 for v in expected]
+    assert processed_logits(logits, params).tolist() == pytest.approx(expected, abs=1e-5)
+    banned = SamplingParams(temperature=0, logit_bias={int(logits.argmax()): -100})
+    assert next_token(logits, banned) != int(logits.argmax())
+    g = torch.Generator().manual_seed(0)
+    forced = SamplingParams(temperature=1.0, logit_bias={13: 100})
+    assert {next_token(logits, forced, g) for _ in range(50)} == {13}
+    with pytest.raises(GenerationError, match="outside the vocabulary"):
+        SequenceSampler(forced, [1], vocab_size=13, device=torch.device("cpu"))
+
+
+def test_logits_processors_run_first_with_the_generated_ids() -> None:
+    logits = random_logits(8)
+    calls: list[list[int]] = []
+
+    def only_even(generated, row):  # type: ignore[no-untyped-def]
+        calls.append(list(generated))
+        masked = row.clone()
+        masked[1::2] = float("-inf")
+        return masked
+
+    params = SamplingParams(temperature=1.0, top_k=3, logits_processors=(only_even,))
+    out = processed_logits(logits, params, generated=[4, 2])
+    assert calls == [[4, 2]]
+    evens = logits.clone()
+    evens[1::2] = float("-inf")
+    # top-k applies after the mask: the three best even tokens survive, unchanged
+    assert kept(out) == brute_top_k(evens.tolist(), 3)
+    g = torch.Generator().manual_seed(2)
+    assert all(next_token(logits, params, g) % 2 == 0 for _ in range(100))
+    assert not params.plain_greedy
