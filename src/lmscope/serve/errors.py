@@ -120,7 +120,10 @@ def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         param = cause.param if isinstance(cause, FieldError) else param_path(item.get("loc", ()))
         if param not in seen:
             seen[param] = _clean(str(cause) if cause is not None else item.get("msg", "invalid"))
-    parts = [f"{param}: {msg}" if param else msg for param, msg in seen.items()]
+    parts = [
+        f"{param}: {msg}" if param and not msg.startswith(param) else msg
+        for param, msg in seen.items()
+    ]
     return "; ".join(parts) or "invalid request", next(iter(seen), None)
 
 

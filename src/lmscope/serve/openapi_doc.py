@@ -47,9 +47,11 @@ def streamed(model: type, summary: str) -> dict[int | str, dict[str, Any]]:
             "content": {
                 "text/event-stream": {
                     "schema": {
-                        "type": "string",
-                        "description": "with stream: true, `data: <chunk JSON>` events ending "
-                        "in `data: [DONE]`",
+                        "type": "object",
+                        "description": "with stream: true, one server-sent event per chunk "
+                        "(`data: <chunk JSON>`), ending in `data: [DONE]`",
+                        "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                        "required": ["data"],
                     }
                 }
             },

@@ -70,7 +70,8 @@ def _completion_ids(
             else:
                 ids = check_token_ids(item, vocab_size)
         except GenerationError as err:
-            raise _bad_prompt(err, param) from None
+            code = "invalid_value" if isinstance(item, str) else "invalid_token_id"
+            raise APIError(400, str(err), param=param, code=code) from None
         out.append(ids)
     return out
 

@@ -60,6 +60,22 @@ def check_capacity(served: ServedModel, jobs: int) -> None:
         raise busy(served, f"{served.id}: {engine.waiting} requests already waiting")
 
 
+def invalid_token_id(message: str, param: str) -> APIError:
+    """A token id outside the model's vocabulary (a limit the OpenAPI document cannot state:
+    it depends on the model)."""
+    return APIError(400, message, param=param, code="invalid_token_id")
+
+
+def check_logit_bias(served: ServedModel, body: SamplingRequest) -> None:
+    vocab = served.model.cfg.vocab_size
+    bad = sorted(int(k) for k in body.logit_bias or {} if int(k) >= vocab)
+    if bad:
+        raise invalid_token_id(
+            f"logit_bias names token ids {bad[:5]} outside the vocabulary [0, {vocab})",
+            "logit_bias",
+        )
+
+
 def sampling_params(
     body: SamplingRequest,
     max_tokens: int,

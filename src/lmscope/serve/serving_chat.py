@@ -35,6 +35,7 @@ from lmscope.serve.serving import (
     Job,
     check_capacity,
     check_fits,
+    check_logit_bias,
     first_then_rest,
     json_logprob,
     note,
@@ -81,7 +82,9 @@ async def _plan(served: ServedModel, body: ChatCompletionRequest) -> Any:
             param=fields[0],
             code="unsupported_parameter",
         )
-    dumped = body.model_dump(include=set(fields) | {"parallel_tool_calls"}, exclude_none=True)
+    dumped = body.model_dump(
+        include=set(fields) | {"parallel_tool_calls"}, exclude_none=True, by_alias=True
+    )
 
     def plan() -> Any:
         return apply_structured(
@@ -121,6 +124,7 @@ class OpenAIServingChat:
         body = self.body
         served = self.state.resolve(body.model)
         check_capacity(served, body.n)  # before any tokenizing
+        check_logit_bias(served, body)
         plan = await _plan(served, body)
         prompt = await chat_prompt(served, body.messages, _renderer(plan))
         limit = body.token_limit()

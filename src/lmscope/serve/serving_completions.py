@@ -23,6 +23,7 @@ from lmscope.serve.serving import (
     Job,
     check_capacity,
     check_fits,
+    check_logit_bias,
     first_then_rest,
     json_logprob,
     note,
@@ -81,6 +82,7 @@ class OpenAIServingCompletion:
         served = self.state.resolve(body.model)
         max_tokens = body.max_new_tokens()
         check_capacity(served, _prompt_count(body) * body.n)  # before any tokenizing
+        check_logit_bias(served, body)
         prompts = await completion_prompts(served, body.prompt)
         check_fits(served, prompts, max_tokens, "prompt")
         scored_prompt = body.echo and body.logprobs is not None

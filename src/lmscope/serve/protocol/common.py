@@ -1,6 +1,7 @@
 """Field types and the error object every protocol module shares.
 
-Numbers and flags are strict: JSON `true` is not the integer 1 and `1` is not `true`. Text is
+Numbers and flags are strict: JSON `true` is not the integer 1 and `1` is not `true`; NaN and
+infinity are not numbers a request can carry. Text is
 checked for lone UTF-16 surrogates (`"\\ud800"` is valid JSON but not Unicode text a tokenizer
 can encode), so such input is refused at validation time with the field named.
 """
@@ -12,17 +13,19 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Strict
+from pydantic import AfterValidator, AllowInfNan, BaseModel, Field, Strict
 
 __all__ = [
     "ErrorBody",
     "ErrorResponse",
     "FieldError",
+    "NonEmptyText",
     "Number",
     "StrictBool",
     "StrictInt",
     "Text",
     "Usage",
+    "json_numbers",
     "new_id",
     "now",
 ]
@@ -47,20 +50,31 @@ def _unicode_text(value: str) -> str:
     return value
 
 
-def _finite_number(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("a boolean is not a number")
-    if isinstance(value, float) and math.isnan(value):
-        raise ValueError("NaN is not a number; send a finite number")
-    if isinstance(value, float) and math.isinf(value):
-        raise ValueError("infinity is not allowed; send a finite number")
-    return value
+def json_numbers(data: Any, int_fields: frozenset[str]) -> Any:
+    """A model's `mode="before"` pass over a JSON body's top-level numbers: NaN and infinity
+    are refused with the field named, and 1.0 counts as the integer 1 in `int_fields` (JSON
+    Schema's `integer` accepts it). Field types stay strict, so their constraints stay in the
+    OpenAPI document as minimum/maximum."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for key, value in data.items():
+        if not isinstance(value, float):
+            continue
+        if math.isnan(value):
+            raise FieldError(f"{key}: NaN is not a number; send a finite number", key)
+        if math.isinf(value):
+            raise FieldError(f"{key}: infinity is not allowed; send a finite number", key)
+        if key in int_fields and value.is_integer():
+            out[key] = int(value)
+    return out
 
 
 StrictInt = Annotated[int, Strict()]
 StrictBool = Annotated[bool, Strict()]
-Number = Annotated[float, Strict(), BeforeValidator(_finite_number)]
+Number = Annotated[float, Strict(), AllowInfNan(False)]
 Text = Annotated[str, Strict(), AfterValidator(_unicode_text)]
+NonEmptyText = Annotated[str, Strict(), Field(min_length=1), AfterValidator(_unicode_text)]
 
 
 def new_id(prefix: str) -> str:

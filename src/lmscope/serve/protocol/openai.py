@@ -6,13 +6,15 @@ response and every stream chunk is a model here, so routes never build raw dicts
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_serializer,
     model_validator,
@@ -26,16 +28,33 @@ from lmscope.serve.protocol.common import (
     PROMPTS_LIMIT,
     STOP_LIMIT,
     FieldError,
+    NonEmptyText,
     Number,
     StrictBool,
     StrictInt,
     Text,
     Usage,
+    json_numbers,
     new_id,
     now,
 )
 
-TokenIds = Annotated[list[StrictInt], Field(min_length=1)]
+TokenId = Annotated[StrictInt, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+TOKEN_ID_KEY = r"^[0-9]{1,9}$"
+LogitBias = Annotated[
+    dict[
+        Annotated[str, StringConstraints(pattern=TOKEN_ID_KEY)],
+        Annotated[Number, Field(ge=-100.0, le=100.0)],
+    ],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": TOKEN_ID_KEY},
+            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+        }
+    ),
+]
 MaxTokens = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS_LIMIT)]
 Penalty = Annotated[Number, Field(ge=-2.0, le=2.0)]
 
@@ -44,19 +63,109 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class ResponseFormat(BaseModel):
-    """`{"type": "text" | "json_object" | "json_schema", "json_schema": {...}}`."""
+FunctionName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 
-    model_config = ConfigDict(extra="allow")
+
+class FunctionDef(BaseModel):
+    """A function the model may call: its name, what it does, and a JSON schema of its
+    arguments."""
+
+    name: FunctionName
+    description: Text | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="JSON schema of the arguments object"
+    )
+    strict: StrictBool | None = None
+
+
+class ToolDef(BaseModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    name: FunctionName
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: FunctionName
+    description: Text | None = None
+    json_schema: dict[str, Any] = Field(alias="schema", description="a JSON schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`{"type": "text" | "json_object"}` or `{"type": "json_schema", "json_schema": {...}}`."""
 
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise FieldError(
+                "response_format needs json_schema exactly when its type is 'json_schema'",
+                "response_format",
+            )
+        return self
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "properties": {"type": {"enum": ["text", "json_object"]}},
+                    "not": {"required": ["json_schema"]},
+                },
+                {
+                    "properties": {
+                        "type": {"const": "json_schema"},
+                        "json_schema": {"type": "object"},
+                    },
+                    "required": ["json_schema"],
+                },
+            ]
+        }
+    )
+
+
+def _needs(field: str, field_type: str, flag: str) -> dict[str, Any]:
+    """JSON Schema for "`field` (when not null) needs `flag: true`"."""
+    return {
+        "if": {"properties": {field: {"type": field_type}}, "required": [field]},
+        "then": {"properties": {flag: {"const": True}}, "required": [flag]},
+    }
+
+
+def _needs_list(field: str, needed: str) -> dict[str, Any]:
+    """JSON Schema for "`field` (when not null) needs a non-empty `needed` list"."""
+    return {
+        "if": {
+            "properties": {field: {"not": {"type": "null"}}},
+            "required": [field],
+        },
+        "then": {"properties": {needed: {"type": "array", "minItems": 1}}, "required": [needed]},
+    }
+
+
+def _not_together(fields: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema for "not all of these fields with these values at once"."""
+    return {"not": {"properties": fields, "required": list(fields)}}
+
+
+STREAM_OPTIONS_RULE = _needs("stream_options", "object", "stream")
 
 
 class SamplingRequest(BaseModel):
     """Options shared by completions and chat completions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"allOf": [STREAM_OPTIONS_RULE]})
 
     model: Text | None = None
     max_tokens: MaxTokens | None = None
@@ -68,33 +177,27 @@ class SamplingRequest(BaseModel):
     ] = 1.0
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
-    logit_bias: dict[str, Annotated[Number, Field(ge=-100.0, le=100.0)]] | None = Field(
+    logit_bias: LogitBias | None = Field(
         default=None, description="token id (as a string) -> bias added to its logit"
     )
     ignore_eos: StrictBool = Field(
         default=False, description="lmscope/vLLM extension: keep going past EOS"
     )
     n: Annotated[StrictInt, Field(ge=1, le=N_LIMIT)] = 1
-    stop: Text | Annotated[list[Text], Field(max_length=STOP_LIMIT)] | None = None
-    seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = None
+    stop: NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=STOP_LIMIT)] | None = None
+    seed: Annotated[StrictInt, Field(ge=0, description="any size; used modulo 2**63")] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = Field(default=None, description="only with stream: true")
     user: Text | None = None
 
-    @field_validator("stop")
-    @classmethod
-    def _stops_not_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and any(not s for s in value):
-            raise ValueError("stop sequences must be non-empty")
-        return value
+    _INT_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"max_tokens", "top_k", "n", "seed", "logprobs", "top_logprobs", "max_completion_tokens"}
+    )
 
-    @field_validator("logit_bias")
+    @model_validator(mode="before")
     @classmethod
-    def _bias_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for key in value or {}:
-            if not key.isdigit():
-                raise ValueError(f"logit_bias keys are token ids, got {key!r}")
-        return value
+    def _json_numbers(cls, data: Any) -> Any:
+        return json_numbers(data, cls._INT_FIELDS)
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> SamplingRequest:
@@ -147,6 +250,18 @@ PromptInput = (
 )
 
 
+def _token_ids(values: list[Any]) -> list[int] | None:
+    """The list as token ids if every item is an integer (1.0 counts, true does not)."""
+    out = []
+    for v in values:
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if type(v) is not int:
+            return None
+        out.append(v)
+    return out
+
+
 def _check_prompt_shape(value: Any) -> Any:
     """One clear message for a prompt of the wrong shape (instead of one per union member)."""
     if isinstance(value, str):
@@ -155,26 +270,45 @@ def _check_prompt_shape(value: Any) -> Any:
         raise FieldError("prompt must be a string, a list of strings or token ids", "prompt")
     if not value:
         raise FieldError("prompt must not be an empty list", "prompt")
-    if len(value) > PROMPTS_LIMIT and not all(type(v) is int for v in value):
+    ids = _token_ids(value)
+    if ids is not None:
+        return ids
+    if len(value) > PROMPTS_LIMIT:
         raise FieldError(f"at most {PROMPTS_LIMIT} prompts per request", "prompt")
-    kinds = {type(v) for v in value}
-    if kinds <= {int} or kinds <= {str}:
+    if all(isinstance(v, str) for v in value):
         return value
-    if kinds <= {list}:
-        for i, ids in enumerate(value):
-            if not ids or any(type(t) is not int for t in ids):
+    if all(isinstance(v, list) for v in value):
+        lists = [_token_ids(v) for v in value]
+        for i, item in enumerate(lists):
+            if not item:
                 raise FieldError(
                     "each token id list must be a non-empty list of integers", f"prompt.[{i}]"
                 )
-        return value
+        return lists
+    kinds = sorted({type(v).__name__ for v in value})
     raise FieldError(
-        "prompt lists hold strings, integers (token ids) or lists of token ids, not "
-        + ", ".join(sorted(k.__name__ for k in kinds)),
+        "prompt lists hold strings, integers (token ids) or lists of token ids; this one holds "
+        + ", ".join(kinds),
         "prompt",
     )
 
 
 class CompletionRequest(SamplingRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                STREAM_OPTIONS_RULE,
+                _not_together(
+                    {
+                        "stream": {"const": True},
+                        "echo": {"const": True},
+                        "logprobs": {"type": "integer"},
+                    }
+                ),
+            ]
+        }
+    )
+
     prompt: PromptInput = Field(
         description=f"text, a list of texts, token ids, or a list of token id lists "
         f"(at most {PROMPTS_LIMIT} prompts)"
@@ -267,6 +401,18 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(SamplingRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                STREAM_OPTIONS_RULE,
+                _needs("top_logprobs", "integer", "logprobs"),
+                _not_together({"tools": {"type": "array"}, "functions": {"type": "array"}}),
+                _needs_list("tool_choice", "tools"),
+                _needs_list("function_call", "functions"),
+            ]
+        }
+    )
+
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=LOGPROBS_LIMIT)] | None = Field(
@@ -274,14 +420,16 @@ class ChatCompletionRequest(SamplingRequest):
     )
     max_completion_tokens: MaxTokens | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Text | dict[str, Any] | None = None
+    tools: Annotated[list[ToolDef], Field(min_length=1)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        default=None, description="only with tools"
+    )
     parallel_tool_calls: StrictBool | None = None
-    functions: list[dict[str, Any]] | None = Field(
+    functions: Annotated[list[FunctionDef], Field(min_length=1)] | None = Field(
         default=None, description="deprecated by OpenAI; use tools"
     )
-    function_call: Text | dict[str, Any] | None = Field(
-        default=None, description="deprecated by OpenAI; use tool_choice"
+    function_call: Literal["none", "auto"] | NamedFunction | None = Field(
+        default=None, description="deprecated by OpenAI; use tool_choice; only with functions"
     )
 
     @model_validator(mode="after")
