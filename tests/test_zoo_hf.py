@@ -182,28 +182,64 @@ def test_sharded_directory_and_dtype(tmp_path: Path, request: pytest.FixtureRequ
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
 
 
-def test_lazy_tensors_read_only_what_is_asked(tmp_path: Path) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+def test_safetensors_reader_agrees_with_the_safetensors_library(tmp_path: Path) -> None:
+    import io
 
-    save_file({"a": torch.ones(2), "b": torch.arange(3)}, str(tmp_path / "w.safetensors"))
-    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as handle:
-        reads: list[str] = []
-        real = handle.get_tensor
+    from safetensors.torch import load_file, save_file
 
-        class Counting:
-            def keys(self) -> list[str]:
-                return list(handle.keys())
+    gen = torch.Generator().manual_seed(0)
+    tensors = {
+        "f32": torch.randn(3, 5, generator=gen),
+        "bf16": torch.randn(4, 2, generator=gen).to(torch.bfloat16),
+        "f16": torch.randn(7, generator=gen).to(torch.float16),
+        "f64": torch.randn(2, 2, 2, generator=gen).double(),
+        "i64": torch.arange(-3, 9),
+        "i8": torch.tensor([-128, 0, 127], dtype=torch.int8),
+        "bool": torch.tensor([True, False, True]),
+        "f8": torch.randn(6, generator=gen).to(torch.float8_e4m3fn),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+    }
+    path = tmp_path / "w.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    want = load_file(str(path))
+    reads: list[int] = []
 
-            def get_tensor(self, name: str) -> torch.Tensor:
-                reads.append(name)
-                return real(name)
+    class Counting(io.BufferedReader):
+        def readinto(self, buffer: Any) -> int:  # type: ignore[override]
+            reads.append(len(buffer))
+            return super().readinto(buffer)
 
-        lazy = LazyTensors([Counting()], torch.float16)
-        assert "a" in lazy and "z" not in lazy and sorted(lazy) == ["a", "b"]
-        assert reads == []  # membership and listing read nothing
-        assert lazy["a"].dtype == torch.float16 and lazy["b"].dtype == torch.int64
-        assert reads == ["a", "b"]
+    with Counting(io.FileIO(str(path), "rb")) as file:
+        lazy = LazyTensors([file], None)
+        assert set(lazy) == set(tensors) and "f32" in lazy and "nope" not in lazy
+        assert reads == []  # the header is read, no tensor data until asked
+        for name, tensor in want.items():
+            got = lazy[name]
+            assert got.dtype == tensor.dtype and got.shape == tensor.shape, name
+            same_bytes = got.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)
+            assert torch.equal(*same_bytes), name
+        assert len(reads) == len(tensors)
+        cast = LazyTensors([file], torch.float32)
+        assert cast["bf16"].dtype == torch.float32 and cast["i64"].dtype == torch.int64
+        assert torch.equal(cast["bf16"], want["bf16"].float())
+    path.write_bytes(path.read_bytes()[:-10])  # truncated
+    with open(path, "rb") as file, pytest.raises(ConversionError, match="truncated"):
+        dict(LazyTensors([file], None))
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with open(path, "rb") as file, pytest.raises(ConversionError, match=r"w\.safetensors"):
+        LazyTensors([file], None)
+
+
+def test_loaded_weights_do_not_depend_on_the_file(tmp_path: Path) -> None:
+    hf_model = make_hf_model("gpt_neox-parallel")
+    hf_model.save_pretrained(tmp_path)
+    ours = from_hf(tmp_path)
+    with torch.no_grad():
+        before = ours(tokens())
+    (tmp_path / "model.safetensors").write_bytes(b"")  # rewritten (truncated) after loading
+    with torch.no_grad():
+        assert torch.equal(ours(tokens()), before)
 
 
 def test_directory_keeps_its_tokenizer(tmp_path: Path) -> None:
