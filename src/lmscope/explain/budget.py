@@ -28,11 +28,11 @@ from lmscope.model.config import ModelConfig
 
 ShouldStop = Callable[[], bool]
 
-# Bytes one pass of a backpropagating method may add to the process (one path point of
-# smollm2-135m at 256 tokens, four at 64 tokens).
+# Bytes one pass of a backpropagating method may add to the process (two path points of
+# smollm2-135m at 256 tokens, eight at 64 tokens).
 DEFAULT_MEMORY_BUDGET = 1 << 30
-# Process peak per path point / autograd's saved bytes (1.46 measured; rounded up).
-PEAK_FACTOR = 1.6
+# What a path point adds to the process's peak / autograd's saved bytes (1.1 measured).
+PEAK_FACTOR = 1.25
 
 # Single passes needing more than this give their memory back when they finish (a collection
 # costs milliseconds, worth it only after a large pass).
