@@ -1,0 +1,170 @@
+"""Facts about a model that lmscope can run (our checkpoints, Hugging Face directories, GGUF
+files, the embedded default): computed from the model itself and the records beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmscope.document.architecture import TASK, architecture_choices, component_parameters
+from lmscope.document.layers import layer_table
+from lmscope.document.provenance import (
+    WEIGHT_SUFFIXES,
+    file_entries,
+    model_files,
+    provenance,
+    weights_checksum,
+)
+from lmscope.document.records import (
+    data_facts,
+    eval_facts,
+    find_eval_report,
+    find_training_record,
+    read_json,
+    training_facts,
+)
+from lmscope.document.schema import FACTS_SCHEMA_VERSION
+from lmscope.model.transformer import Attention, Transformer
+
+DEFAULT_POSITIONS = 128  # sequence length the layer table's shapes are measured at
+
+# What each optional part needs, said where the part is missing.
+SUPPLY = {
+    "training": "no training record found: train with `lmscope train CONFIG` (it writes "
+    "metadata.json and training_record.json beside the model)",
+    "data": "no data manifest found: prepare the corpus with `lmscope data prepare FILES --out "
+    "DIR` and train on it, so the training record carries the manifest",
+    "evaluation": "no evaluation report found: run `lmscope eval MODEL --out eval-out` and pass "
+    "`--eval eval-out`",
+    "interpretability": "interpretability highlights need a model lmscope can run; run "
+    "`lmscope doc facts` without `--no-probe` on an lmscope, Hugging Face or GGUF model",
+    "layers": "layer shapes need a forward pass: give `--input-shape` for a PyTorch module",
+}
+
+
+def new_facts(name: str, kind: str, source: str | None, runnable: bool) -> dict[str, Any]:
+    """An empty facts document of the current schema version, to be filled by one reader."""
+    return {
+        "schema": "lmscope.facts",
+        "schema_version": FACTS_SCHEMA_VERSION,
+        "model": {"name": name, "kind": kind, "source": source, "runnable": runnable},
+        "overview": {"family": None, "task": None, "parameters": {"total": None}},
+        "layers": {"positions": None, "macs_unit": "per position", "rows": []},
+        "architecture": {},
+        "training": None,
+        "data": None,
+        "evaluation": None,
+        "interpretability": None,
+        "provenance": provenance([]),
+        "missing": {},
+        "problems": [],
+    }
+
+
+def finish(facts: dict[str, Any], source: Path | None, eval_path: Path | None) -> dict[str, Any]:
+    """Attach the eval report and provenance, and say what is missing and how to supply it."""
+    problems: list[str] = facts["problems"]
+    report_path = find_eval_report(source, eval_path)
+    if report_path is not None:
+        report = read_json(report_path, problems)
+        if report is not None:
+            facts["evaluation"] = eval_facts(report)
+            facts["evaluation"]["report"] = str(report_path)
+    files = model_files(source) if source is not None else []
+    if report_path is not None and report_path.is_file():
+        files.append(report_path)
+    entries = file_entries(files)
+    facts["provenance"] = provenance(entries)
+    overview = facts["overview"]
+    if overview.get("checksum") is None:
+        overview["checksum"] = weights_checksum(entries)
+    weights = [e for e in entries if e["path"].endswith(WEIGHT_SUFFIXES)]
+    if overview.get("file_size_bytes") is None and weights:
+        overview["file_size_bytes"] = sum(e["bytes"] for e in weights)
+    for part in ("training", "data", "evaluation", "interpretability"):
+        if facts.get(part) is None:
+            facts["missing"][part] = SUPPLY[part]
+    if not facts["layers"]["rows"]:
+        facts["missing"]["layers"] = SUPPLY["layers"]
+    return facts
+
+
+def attention_core_macs(cfg: Any, positions: int) -> int:
+    """Multiply-adds per token of scores (QK^T) and mixing (AV), causal: token i sees i + 1
+    keys, so the mean over T positions is H * d_head * (T + 1)."""
+    return int(cfg.n_heads * cfg.head_dim * (positions + 1))
+
+
+def canonical_layers(model: Transformer, positions: int) -> dict[str, Any]:
+    positions = max(1, min(positions, model.cfg.n_ctx))
+    tokens = torch.zeros(1, positions, dtype=torch.long)
+
+    def extra(path: str, module: torch.nn.Module) -> int:
+        return attention_core_macs(model.cfg, positions) if isinstance(module, Attention) else 0
+
+    rows = layer_table(model, lambda: model.run_with_trace(tokens, names=()), positions, extra)
+    return {"positions": positions, "macs_unit": "per token", "rows": rows}
+
+
+def _tokenizer_facts(tokenizer: Any, cfg: Any) -> dict[str, Any] | None:
+    if tokenizer is None:
+        return None
+    specials = {}
+    for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        value = getattr(tokenizer, key, None)
+        if isinstance(value, str):
+            specials[key.removesuffix("_token")] = value
+    return {
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer) if hasattr(tokenizer, "__len__") else cfg.vocab_size,
+        "special_tokens": specials,
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+    }
+
+
+def loaded_facts(
+    loaded: Any,
+    *,
+    positions: int = DEFAULT_POSITIONS,
+    probe: bool = True,
+    eval_path: Path | None = None,
+) -> dict[str, Any]:
+    """Facts of a `zoo.registry.LoadedModel` (its `.source` is where the files are)."""
+    model: Transformer = loaded.model
+    cfg = model.cfg
+    source = Path(loaded.source) if loaded.source else None
+    facts = new_facts(loaded.name, "lmscope", loaded.source, True)
+    counts = model.parameter_counts()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    facts["overview"] = {
+        "family": cfg.architecture,
+        "task": TASK,
+        "parameters": {
+            "total": counts["total"],
+            "trainable": trainable,
+            "by_component": component_parameters(counts),
+            "tied_embeddings_counted_once": cfg.tie_embeddings,
+        },
+        "context_length": cfg.n_ctx,
+        "vocab_size": cfg.vocab_size,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "file_size_bytes": None,
+        "checksum": None,
+        "tokenizer": _tokenizer_facts(loaded.tokenizer, cfg),
+    }
+    facts["layers"] = canonical_layers(model, positions)
+    facts["architecture"] = architecture_choices(cfg)
+    problems: list[str] = facts["problems"]
+    record = find_training_record(source, problems) if source is not None else None
+    if record is not None:
+        facts["training"] = training_facts(record)
+        manifest = record.get("data_manifest")
+        if isinstance(manifest, dict):
+            facts["data"] = data_facts(manifest)
+    if probe:
+        from lmscope.document.probe import highlights
+
+        facts["interpretability"] = highlights(model, loaded.tokenizer)
+    return finish(facts, source, eval_path)
