@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmscope.engine.errors import ContextLengthError, QueueFullError
-from lmscope.engine.observer import EngineObserver, NullObserver
+from lmscope.engine.observer import EngineObserver, NullObserver, RequestMonitor
 from lmscope.engine.outputs import Event
 from lmscope.engine.sampling import SamplingParams
 from lmscope.engine.scheduler import PREFILL_CHUNK, Output, Request, Scheduler
@@ -33,7 +33,8 @@ class _ServedRequest(Request):
 
 
 class AsyncEngine:
-    """The decode loop of one served model (`metrics`: any EngineObserver)."""
+    """The decode loop of one served model (`metrics`: any EngineObserver; `monitor`: a
+    RequestMonitor that gets one record per finished request, e.g. for drift monitoring)."""
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class AsyncEngine:
         max_queue: int = 64,
         max_seq_len: int = 2048,
         prefill_chunk: int = PREFILL_CHUNK,
+        monitor: RequestMonitor | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -60,6 +62,7 @@ class AsyncEngine:
             prefill_chunk=prefill_chunk,
             name=name,
             observer=self.metrics,
+            monitor=monitor,
         )
         self.scheduler.reserve()
         self.max_seq_len = self.scheduler.max_seq_len

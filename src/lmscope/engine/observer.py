@@ -3,9 +3,10 @@ Prometheus metrics implement this protocol); the default observer ignores everyt
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["EngineObserver", "NullObserver"]
+__all__ = ["EngineObserver", "NullObserver", "RequestMonitor", "RequestRecord"]
 
 
 class EngineObserver(Protocol):
@@ -46,3 +47,24 @@ class NullObserver:
 
     def on_finished(self, model: str, reason: str, e2e: float) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """What a finished request looked like, for drift monitoring.
+
+    prompt_logprob: the model's mean log-likelihood per prompt token (natural log), from the
+    prefill's own logits; None for a one-token prompt (nothing is predicted)."""
+
+    prompt_ids: list[int]
+    prompt_logprob: float | None
+    completion_tokens: int
+    finish_reason: str
+
+
+class RequestMonitor(Protocol):
+    """Called on the engine's thread once per finished request. Giving a scheduler a monitor
+    makes its prefill keep every prompt position's logits (to score the prompt), so only pass
+    one when something reads the records."""
+
+    def on_request(self, model: str, record: RequestRecord) -> None: ...

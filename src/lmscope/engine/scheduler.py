@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lmscope.engine.errors import PromptTooLongError
-from lmscope.engine.observer import EngineObserver, NullObserver
+from lmscope.engine.observer import EngineObserver, NullObserver, RequestMonitor, RequestRecord
 from lmscope.engine.outputs import Event, TokenLogprob, token_logprob
 from lmscope.engine.prompts import default_eos_ids
 from lmscope.engine.sequence import Sequence
@@ -35,6 +35,7 @@ __all__ = [
     "Request",
     "Scheduler",
     "prefill_groups",
+    "target_logprob_sum",
 ]
 
 PREFILL_TOKEN_BUDGET = 1024  # padded prompt tokens per grouped prefill forward
@@ -58,6 +59,7 @@ class Request:
     cancelled: bool = False
     first_token_at: float | None = None
     last_token_at: float | None = None
+    prompt_logprob: float | None = None  # mean per prompt token, measured when monitored
 
     @property
     def prompt(self) -> list[int]:
@@ -71,6 +73,7 @@ class _ChunkedPrefill:
         self.request = request
         self.cache = model.new_cache(1, len(request.prompt))  # its length: tokens done
         self.scores: list[TokenLogprob | None] = [None]  # the first token has no score
+        self.logprob_sum = 0.0  # of the prompt tokens so far (when monitored)
 
 
 class Scheduler:
@@ -87,8 +90,10 @@ class Scheduler:
         eos_token_ids: Iterable[int] | None = None,
         name: str = "model",
         observer: EngineObserver | None = None,
+        monitor: RequestMonitor | None = None,
     ) -> None:
         self.model = model
+        self.monitor = monitor  # gets a RequestRecord per finished request
         self.tokenizer = tokenizer
         self.name = name
         self.observer: EngineObserver = observer or NullObserver()
@@ -213,14 +218,19 @@ class Scheduler:
         stop = min(start + self.prefill_chunk, len(request.prompt))
         chunk = torch.tensor([request.prompt[start:stop]], device=self.model.device)
         scoring = request.prompt_logprobs
-        logits = self.model(chunk, cache=job.cache, last_only=not scoring)[0]
+        measuring = self.monitor is not None
+        logits = self.model(chunk, cache=job.cache, last_only=not (scoring or measuring))[0]
         self.observer.on_prompt_tokens(self.name, stop - start)
+        targets = request.prompt[start + 1 : stop + 1]  # what each chunk position predicts
         if scoring:
-            targets = request.prompt[start + 1 : stop + 1]  # what each chunk position predicts
             job.scores += self._scores(logits[: len(targets)], targets, request)
+        if measuring:
+            job.logprob_sum += target_logprob_sum(logits, targets)
         if stop < len(request.prompt):
             return
         self._chunked.popleft()
+        if measuring:
+            request.prompt_logprob = job.logprob_sum / (len(request.prompt) - 1)
         if scoring:
             out.append((request, Event(prompt_logprobs=job.scores, prompt_tokens=stop)))
         self._start(request, job.cache, 0, 0, logits[-1], out)
@@ -237,18 +247,23 @@ class Scheduler:
             tokens[i, pads[i] :] = torch.tensor(request.prompt)
         tokens = tokens.to(device)
         cache = self.model.new_cache(len(requests), width)
+        measuring = self.monitor is not None
+        last_only = not (scoring or measuring)
         if min(pads) == max(pads):  # nothing to pad
-            logits = self.model(tokens, cache=cache, last_only=not scoring)
+            logits = self.model(tokens, cache=cache, last_only=last_only)
         else:
             pad = torch.tensor(pads, device=device)[:, None]
             columns = torch.arange(width, device=device)[None]
             mask = (columns >= pad).long()
             positions = (columns - pad).clamp(min=0)
             logits = self.model(
-                tokens, positions=positions, attention_mask=mask, cache=cache, last_only=not scoring
+                tokens, positions=positions, attention_mask=mask, cache=cache, last_only=last_only
             )
         self.observer.on_prompt_tokens(self.name, sum(lengths))
         for i, request in enumerate(requests):
+            if measuring and lengths[i] > 1:
+                total = target_logprob_sum(logits[i, pads[i] : width - 1], request.prompt[1:])
+                request.prompt_logprob = total / (lengths[i] - 1)
             if scoring:
                 targets = request.prompt[1:]
                 scores = [None, *self._scores(logits[i, pads[i] : width - 1], targets, request)]
@@ -334,6 +349,14 @@ class Scheduler:
         )
         out.append((request, event))
         self.observer.on_finished(self.name, reason, time.perf_counter() - request.arrival)
+        if self.monitor is not None:
+            record = RequestRecord(
+                list(request.prompt),
+                request.prompt_logprob,
+                len(request.sequence.token_ids),
+                reason,
+            )
+            self.monitor.on_request(self.name, record)
 
     def _drop_cancelled(self, out: list[Output]) -> None:
         for row in range(len(self._rows) - 1, -1, -1):
@@ -363,3 +386,13 @@ def prefill_groups(requests: list[Request]) -> list[list[Request]]:
 
 def _prompt_length(request: Request) -> int:
     return len(request.prompt)
+
+
+def target_logprob_sum(logits: torch.Tensor, targets: list[int]) -> float:
+    """Sum of log p(targets[i]) under rows logits[i] ([>= len(targets), V]); natural log."""
+    if not targets:
+        return 0.0
+    rows = logits[: len(targets)].float()
+    index = torch.tensor(targets, device=rows.device)[:, None]
+    picked = rows.gather(-1, index)[:, 0]
+    return float((picked - torch.logsumexp(rows, dim=-1)).sum())
