@@ -86,6 +86,12 @@ def test_chat_stream_refused_by_a_full_queue_is_a_429(no_queue: str) -> None:
     assert r.json()["error"]["type"] == "rate_limit_error"
 
 
+def test_echoed_completion_stream_refused_by_a_full_queue_is_a_429(no_queue: str) -> None:
+    body = {"prompt": "hi", "max_tokens": 3, "stream": True, "echo": True}
+    r = httpx.post(no_queue + COMPLETIONS, json=body, timeout=60)
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+
+
 def test_queue_is_checked_before_the_prompt_is_tokenized(no_queue: str) -> None:
     """An id outside the vocabulary would be a 400, but a full queue answers first."""
     r = httpx.post(no_queue + COMPLETIONS, json={"prompt": [10**9], "max_tokens": 1}, timeout=60)

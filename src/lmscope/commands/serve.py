@@ -75,7 +75,7 @@ def serve(
     import torch
     import uvicorn
 
-    from lmscope.serve.app import create_app
+    from lmscope.serve.app import create_app, swagger_assets
     from lmscope.serve.http11 import uvicorn_options
     from lmscope.serve.routing import parse_model_spec
     from lmscope.serve.state import DTYPES, ServeSettings
@@ -125,7 +125,7 @@ def serve(
         f"lmscope: serving on http://{host}:{port} with {n_threads} CPU "
         f"thread{'' if n_threads == 1 else 's'} "
         f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}); explorer at /, "
-        "API at /v1, docs at /docs"
+        f"API at /v1, {'docs at /docs' if swagger_assets() else 'OpenAPI at /openapi.json'}"
     )
     try:
         server.run(sockets=[sock])

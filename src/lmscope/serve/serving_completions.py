@@ -110,15 +110,20 @@ class OpenAIServingCompletion:
         )
 
     async def _stream(self, served: ServedModel, jobs: list[Job]) -> AsyncIterator[CompletionChunk]:
+        """Chunks of every choice as they come. Tokens are counted as they come, so the log
+        line of a hang-up says what was sent; echoed prompts follow the engine's first event,
+        so a full queue is still an HTTP 429 rather than an error event after the echo."""
         body = self.body
         prompt_tokens = sum(len(job.prompt) for job in jobs[:: body.n])
-        completion_tokens = [0] * len(jobs)  # counted as they come: a log line after a
-        try:  # disconnect still says what was generated
-            if body.echo:
-                for job in jobs:
-                    text = served.tokenizer.decode(job.prompt)
-                    yield self._chunk(served, job.choice, text, None)
+        completion_tokens = [0] * len(jobs)
+        echo = body.echo
+        try:
             async for choice, event in run_jobs(served, jobs, self.state.settings.request_timeout):
+                if echo:
+                    echo = False
+                    for job in jobs:
+                        text = served.tokenizer.decode(job.prompt)
+                        yield self._chunk(served, job.choice, text, None)
                 completion_tokens[choice] = max(completion_tokens[choice], event.completion_tokens)
                 if event.text or event.finish_reason:
                     yield self._chunk(served, choice, event.text, event.finish_reason)
