@@ -75,6 +75,16 @@ def _print_report(report: dict[str, Any]) -> None:
             print(f"  {metric_line(name, m)}")
             if "signature" in m:
                 print(f"    sacrebleu signature: {m['signature']}")
+    diagnosis = report.get("diagnosis") or {}
+    if diagnosis.get("fit"):
+        fit = diagnosis["fit"]
+        print(f"fit: {fit['verdict']}: {fit['summary']}")
+        for suggestion in fit["suggestions"]:
+            print(f"  suggestion: {suggestion}")
+    for finding in diagnosis.get("class_imbalance", []):
+        print(f"imbalance in {finding['task']}: {finding['summary']}")
+        for suggestion in finding["suggestions"]:
+            print(f"  suggestion: {suggestion}")
 
 
 @user_errors

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from lmscope.evaluate.diagnose import diagnose
 from lmscope.evaluate.errors import EvalError
 from lmscope.evaluate.loglik import Window, continuation_windows, rolling_windows, score_windows
 from lmscope.evaluate.metrics import (
@@ -261,16 +262,43 @@ def _mean_of(values: np.ndarray) -> Callable[[np.ndarray], float]:
 def run_tasks(
     lm: Any, specs: list[TaskSpec], progress: Callable[[str], Progress] | None = None
 ) -> dict[str, Any]:
-    """Evaluate every task; the whole report (schema version REPORT_SCHEMA)."""
+    """Evaluate every task; the whole report (schema version REPORT_SCHEMA), with the
+    error analysis and learning curves when the model carries a training record."""
     results = [run_task(lm, spec, progress(spec.name) if progress else None) for spec in specs]
     cfg = lm.model.cfg
-    return {
+    report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "model": {"name": lm.name, "source": str(lm.source), "n_layers": cfg.n_layers,
                   "n_ctx": cfg.n_ctx, "vocab_size": cfg.vocab_size,
                   "tokenizer_hash": tokenizer_hash(lm.tokenizer)},
         "tasks": results,
     }  # fmt: skip
+    record = training_record_of(lm)
+    report["diagnosis"] = diagnose(report, record)
+    if record is not None:
+        history = record.get("metrics") or {}
+        report["learning_curves"] = {
+            "train": [[e["step"], e["loss"]] for e in history.get("train", [])],
+            "validation": [[e["step"], e["val_loss"]] for e in history.get("eval", [])],
+        }
+    return report
+
+
+def training_record_of(lm: Any) -> dict[str, Any] | None:
+    """The training record saved in a checkpoint's metadata by `lmscope train`, if any."""
+    from pathlib import Path
+
+    from lmscope.zoo.checkpoint import CheckpointError, read_metadata
+
+    source = Path(str(lm.source))
+    if not source.is_dir():
+        return None
+    try:
+        metadata = read_metadata(source)
+    except CheckpointError:
+        return None
+    training = (metadata or {}).get("training")
+    return training if isinstance(training, dict) else None
 
 
 def tokenizer_hash(tokenizer: Any) -> str:

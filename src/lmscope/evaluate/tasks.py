@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,9 +107,10 @@ class TaskSpec(BaseModel):
     def _needed_fields(self) -> list[str]:
         if self.kind == "perplexity":
             return [self.text_field]
-        if self.kind == "classification":
-            return [self.prompt_field, self.label_field]
-        return [self.prompt_field, self.reference_field]
+        named = [f for _, f, _, _ in string.Formatter().parse(self.prompt_template) if f]
+        fields = [self.prompt_field if f == "prompt" else f for f in dict.fromkeys(named)]
+        last = self.label_field if self.kind == "classification" else self.reference_field
+        return [*fields, last]
 
     def _read_data(self) -> list[dict[str, Any]]:
         assert self.data is not None
