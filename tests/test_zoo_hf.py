@@ -22,7 +22,7 @@ from lmscope.zoo.hf import (  # noqa: E402
     state_dict_from_hf,
     to_hf_state_dict,
 )
-from lmscope.zoo.hf.load import LazyTensors  # noqa: E402
+from lmscope.zoo.tensor_files import LazyTensors, TensorFileError  # noqa: E402
 
 VOCAB = 160
 N_CTX = 48
@@ -224,10 +224,10 @@ def test_safetensors_reader_agrees_with_the_safetensors_library(tmp_path: Path) 
         assert cast["bf16"].dtype == torch.float32 and cast["i64"].dtype == torch.int64
         assert torch.equal(cast["bf16"], want["bf16"].float())
     path.write_bytes(path.read_bytes()[:-10])  # truncated
-    with open(path, "rb") as file, pytest.raises(ConversionError, match="truncated"):
+    with open(path, "rb") as file, pytest.raises(TensorFileError, match="truncated"):
         dict(LazyTensors([file], None))
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
-    with open(path, "rb") as file, pytest.raises(ConversionError, match=r"w\.safetensors"):
+    with open(path, "rb") as file, pytest.raises(TensorFileError, match=r"w\.safetensors"):
         LazyTensors([file], None)
 
 
