@@ -223,3 +223,41 @@ def test_a_broken_explain_module_stops_the_app() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0 and "explain_routes" in result.stderr
+
+
+def test_logit_bias_is_honoured_not_ignored(server: str) -> None:
+    forced = 42
+    body = {
+        "prompt": "hello",
+        "max_tokens": 4,
+        "temperature": 0,
+        "ignore_eos": True,
+        "logit_bias": {str(forced): 100},
+        "logprobs": 0,
+    }
+    r = httpx.post(server + COMPLETIONS, json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    logprobs = r.json()["choices"][0]["logprobs"]
+    assert len(logprobs["tokens"]) == 4
+    forced_text = httpx.post(
+        server + COMPLETIONS, json={"prompt": [forced], "max_tokens": 0, "echo": True}, timeout=60
+    ).json()["choices"][0]["text"]
+    assert logprobs["tokens"] == [forced_text] * 4
+
+
+def test_penalties_reach_the_engine() -> None:
+    from lmscope.serve.protocol import ChatCompletionRequest
+
+    body = ChatCompletionRequest.model_validate(
+        {
+            "messages": MESSAGES,
+            "presence_penalty": 0.5,
+            "frequency_penalty": -1.5,
+            "logit_bias": {"7": -100},
+            "seed": 3,
+        }
+    )
+    params = body.to_sampling_params(5, logprobs=None, choice=2)
+    assert (params.presence_penalty, params.frequency_penalty) == (0.5, -1.5)
+    assert dict(params.logit_bias) == {7: -100.0}
+    assert (params.max_new_tokens, params.seed) == (5, 5)
