@@ -261,3 +261,11 @@ def test_penalties_reach_the_engine() -> None:
     assert (params.presence_penalty, params.frequency_penalty) == (0.5, -1.5)
     assert dict(params.logit_bias) == {7: -100.0}
     assert (params.max_new_tokens, params.seed) == (5, 5)
+
+
+def test_official_client_sees_a_rate_limit_on_a_full_chat_stream(no_queue: str) -> None:
+    """The openai package raises RateLimitError (and would retry) instead of reading a 200."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=no_queue + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2, stream=True)
