@@ -8,6 +8,8 @@ On smollm2-135m (loaded through the registry), in one process:
 - prompt forward (prefill into a KV cache, last-position logits) of 64 and 512 tokens;
 - single-stream greedy decoding with a KV cache, fp32 and bf16, tokens/s;
 - batch-8 greedy decoding, aggregate tokens/s.
+lmscope decodes through `lmscope.engine.generate_batch`, i.e. the one scheduler (slot KV cache,
+grouped prefill) that the server runs too.
 "lmscope" is the model as loaded (reference path); "lmscope+fast" after
 `optimize_for_decoding`, which prepacks the same float32 weights for oneDNN (see
 `lmscope.model.prepacked`). Decode speed is measured as
