@@ -1,9 +1,11 @@
 """Reading safetensors files into memory the caller owns, one tensor at a time.
 
-safetensors' own loaders return views of a memory map of the file: the loaded model then keeps
-the map, and a file truncated or rewritten in place afterwards (save_pretrained into the same
-directory, a copy over it) kills the process with SIGBUS. Reading each tensor into fresh
-memory costs one sequential read and keeps peak memory at one copy of the weights.
+Used for Hugging Face directories. safetensors' own loaders return views of a memory map of the
+file: a model built from them keeps the map, and a file truncated or rewritten in place
+afterwards (`save_pretrained` into the same directory, `cp` over it) kills the process with
+SIGBUS. Reading each tensor into fresh memory, only when the converter asks for it, keeps peak
+memory at about one copy of the weights. (Our own checkpoints keep safetensors' memory map for
+fast cached loads; lmscope replaces those files only by rename, which a live map survives.)
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import math
 import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import torch
 
@@ -97,9 +98,3 @@ def _header(file: io.BufferedIOBase) -> dict[str, tuple[torch.dtype, list[int], 
 
 def _name(file: io.BufferedIOBase) -> str:
     return str(getattr(file, "name", "the safetensors file"))
-
-
-def read_safetensors(path: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Every tensor of one safetensors file, in memory of its own (floats cast to `dtype`)."""
-    with open(path, "rb") as file:
-        return dict(LazyTensors([file], dtype))
