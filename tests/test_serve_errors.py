@@ -105,7 +105,7 @@ def test_too_many_prompts_in_one_request(server: str) -> None:
     # within the protocol's cap but more than this server queues per request
     body = {"prompt": ["hi"] * 20, "n": 4, "max_tokens": 1}
     error = error_of(httpx.post(server + COMPLETIONS, json=body, timeout=60))
-    assert error["param"] == "n"
+    assert error["param"] == "n"  # prompts x n
 
 
 def test_wrong_content_type_says_so(server: str) -> None:

@@ -18,6 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from lmscope.engine.errors import QueueFullError
+from lmscope.engine.sampling import SamplingParams
 from lmscope.serve.app import create_app
 from lmscope.serve.errors import APIError
 from lmscope.serve.routing import ModelSpec
@@ -139,7 +140,7 @@ class QueueingEngine:
 def test_run_jobs_cancels_queued_siblings_when_one_is_refused() -> None:
     engine = QueueingEngine()
     served = SimpleNamespace(id="fake", engine=engine)
-    jobs = [Job(i, [1], None) for i in range(3)]
+    jobs = [Job(i, [1], SamplingParams()) for i in range(3)]
 
     async def consume() -> None:
         async for _ in run_jobs(served, jobs, timeout=60):  # type: ignore[arg-type]

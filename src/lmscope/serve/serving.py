@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from lmscope.engine.errors import ContextLengthError, GenerationError, QueueFullError
+from lmscope.engine.sampling import SamplingParams
 from lmscope.serve.errors import APIError, error_payload
 from lmscope.serve.protocol import FieldError, SamplingRequest
 from lmscope.serve.state import ServedModel, ServerState
@@ -32,7 +33,7 @@ class Job:
 
     choice: int
     prompt: list[int]
-    params: Any  # SamplingParams
+    params: SamplingParams
     prompt_logprobs: bool = False
 
 
@@ -45,15 +46,16 @@ def busy(served: ServedModel, detail: str) -> APIError:
     return APIError(429, f"server busy: {detail}; retry later", headers={"Retry-After": "1"})
 
 
-def check_capacity(served: ServedModel, jobs: int) -> None:
-    """Refuse before any work (tokenizing included) when the jobs cannot all be queued."""
+def check_capacity(served: ServedModel, jobs: int, param: str = "n") -> None:
+    """Refuse before any work (tokenizing included) when the jobs cannot all be queued;
+    `param` names the field that multiplied them."""
     engine = served.engine
     if jobs > engine.max_queue + engine.max_batch:
         raise APIError(
             400,
             f"this request asks for {jobs} completions (prompts x n); this server takes at most "
             f"{engine.max_queue + engine.max_batch} per request",
-            param="n",
+            param=param,
             code="invalid_value",
         )
     if engine.waiting + jobs > engine.max_queue:
@@ -82,7 +84,7 @@ def sampling_params(
     logprobs: int | None,
     choice: int,
     processors: tuple[Any, ...] = (),
-) -> Any:
+) -> SamplingParams:
     try:
         return body.to_sampling_params(
             max_tokens, logprobs=logprobs, choice=choice, processors=processors

@@ -81,7 +81,8 @@ class OpenAIServingCompletion:
         body = self.body
         served = self.state.resolve(body.model)
         max_tokens = body.max_new_tokens()
-        check_capacity(served, _prompt_count(body) * body.n)  # before any tokenizing
+        count = _prompt_count(body)
+        check_capacity(served, count * body.n, "n" if body.n > 1 else "prompt")  # before tokenizing
         check_logit_bias(served, body)
         prompts = await completion_prompts(served, body.prompt)
         check_fits(served, prompts, max_tokens, "prompt")
