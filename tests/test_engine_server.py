@@ -62,7 +62,8 @@ def test_prompts_prefilled_together_get_their_one_by_one_tokens(family: str, fas
         model.enable_prepacked()
     params = SamplingParams(max_new_tokens=10, temperature=0, ignore_eos=True)
     alone = [generate(model, tok, p, params, eos_token_ids=()).token_ids for p in PROMPTS]
-    engine = Engine(model, tok, name="tiny", metrics=ServerMetrics(), max_batch=8)
+    metrics = ServerMetrics()
+    engine = Engine(model, tok, name="tiny", metrics=metrics, max_batch=8)
     grouped: list[int] = []
     original = engine.scheduler._prefill_together
 
@@ -77,6 +78,16 @@ def test_prompts_prefilled_together_get_their_one_by_one_tokens(family: str, fas
     assert grouped and max(grouped) >= 2  # the grouped path really ran
     with torch.no_grad():
         assert engine.scheduler._slots.n_active == 0  # every row was retired
+    # the engine reports to the server's metrics through the observer protocol
+    value = metrics.registry.get_sample_value
+    labels = {"model_name": "tiny"}
+    assert value("lmscope:prompt_tokens_total", labels) == sum(map(len, ids))
+    assert value("lmscope:generation_tokens_total", labels) == 10 * len(PROMPTS)
+    assert value("lmscope:time_to_first_token_seconds_count", labels) == len(PROMPTS)
+    assert value("lmscope:time_per_output_token_seconds_count", labels) == 9 * len(PROMPTS)
+    finished = {"model_name": "tiny", "finished_reason": "length"}
+    assert value("lmscope:request_success_total", finished) == len(PROMPTS)
+    assert value("lmscope:num_requests_running", labels) == 0
 
 
 def test_chunked_prefill_gives_the_same_tokens_and_scores_and_lets_others_decode() -> None:
@@ -154,3 +165,34 @@ def test_an_engine_error_during_prefill_ends_the_waiting_requests() -> None:
         assert isinstance(events[-1].error, RuntimeError)
         assert "prefill exploded" in str(events[-1].error)
     assert engine.scheduler.running == 0 and engine.scheduler._slots.n_active == 0
+
+
+def test_an_error_while_decoding_ends_the_running_requests_and_the_loop_serves_on() -> None:
+    tok = tiny_tokenizer()
+    model = tiny_model()
+    engine = Engine(model, tok, name="tiny", metrics=ServerMetrics())
+    params = SamplingParams(max_new_tokens=5, temperature=0, ignore_eos=True)
+    original = engine.scheduler._decode_step
+    failures = [RuntimeError("decode exploded")]
+
+    def flaky(*args: Any) -> None:
+        if failures:
+            raise failures.pop()
+        original(*args)
+
+    engine.scheduler._decode_step = flaky  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        engine.start()
+        try:
+            first = [e async for e in engine.generate(tok.encode(PROMPTS[0]), params)]
+            second = [e async for e in engine.generate(tok.encode(PROMPTS[0]), params)]
+            return first, second
+        finally:
+            engine.stop()
+
+    first, second = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    assert first[-1].finish_reason == "error" and "decode exploded" in str(first[-1].error)
+    want = generate(model, tok, PROMPTS[0], params, eos_token_ids=()).token_ids
+    assert [e.token_id for e in second if e.token_id is not None] == want
+    assert second[-1].finish_reason == "length" and second[-1].error is None
