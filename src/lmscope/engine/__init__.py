@@ -29,6 +29,7 @@ from lmscope.engine.prompts import (
     encode_text,
     prepare_prompt,
     prompt_token_ids,
+    start_token_ids,
 )
 from lmscope.engine.sampling import LogitsProcessor, SamplingParams
 from lmscope.engine.scheduler import PREFILL_CHUNK, Request, Scheduler
@@ -69,6 +70,7 @@ __all__ = [
     "prompt_token_ids",
     "score",
     "score_batch",
+    "start_token_ids",
     "stream",
     "token_logprob",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "is_messages",
     "prepare_prompt",
     "prompt_token_ids",
+    "start_token_ids",
 ]
 
 Tokenizer = Any  # a transformers PreTrainedTokenizerBase (fast or slow)
@@ -110,6 +111,16 @@ def prompt_token_ids(
     return check_token_ids(prompt, vocab_size)
 
 
+def start_token_ids(tokenizer: Tokenizer) -> list[int]:
+    """What an empty prompt becomes: the tokenizer's BOS (or else EOS) token, as GPT-2 and
+    OpenAI's API start from the boundary token; a GenerationError when it has neither."""
+    for name in ("bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+    raise GenerationError("the prompt is empty; give at least one token")
+
+
 def prepare_prompt(
     tokenizer: Tokenizer,
     prompt: Prompt,
@@ -130,12 +141,7 @@ def prepare_prompt(
         raise GenerationError(f"truncate must be None or 'left', got {truncate!r}")
     ids = prompt_token_ids(tokenizer, prompt, vocab_size=vocab_size)
     if not ids:
-        start = getattr(tokenizer, "bos_token_id", None)
-        if start is None:
-            start = getattr(tokenizer, "eos_token_id", None)
-        if start is None:
-            raise GenerationError("the prompt is empty; give at least one token")
-        ids = [int(start)]
+        ids = start_token_ids(tokenizer)
     if truncate == "left" and len(ids) + max_new_tokens > n_ctx:
         ids = ids[-max(1, n_ctx - max(max_new_tokens, 1)) :]
     if len(ids) >= n_ctx:
