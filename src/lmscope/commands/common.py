@@ -38,6 +38,7 @@ USER_ERROR_CLASSES = (
     ("lmscope.data.errors", "DataError"),
     ("lmscope.evaluate.errors", "EvalError"),
     ("lmscope.serve.routing", "RoutingError"),
+    ("lmscope.serve.feedback", "FeedbackStoreError"),
 )
 
 

@@ -33,7 +33,7 @@ def metric_line(name: str, m: dict[str, Any]) -> str:
     return f"{name} = {fmt(m['value'])} (95% CI {fmt(low)}-{fmt(high)}, n={m['n']})"
 
 
-def _bars(metrics: dict[str, dict[str, Any]]) -> str:
+def bars(metrics: dict[str, dict[str, Any]]) -> str:
     """Horizontal bars with CI whiskers, one per metric, each scaled to its own upper bound."""
     rows = []
     for i, (name, m) in enumerate(metrics.items()):
@@ -110,7 +110,7 @@ def eval_page(report: dict[str, Any]) -> str:
     for task in report["tasks"]:
         part = [f"<h2>{html.escape(task['name'])} <small>({task['kind']})</small></h2>"]
         part.append(f"<p>{task['n_items']} items, data {task['data_hash'][:23]}…</p>")
-        part.append(_bars(task["metrics"]))
+        part.append(bars(task["metrics"]))
         part.append("<ul>" + "".join(
             f"<li>{html.escape(metric_line(n, m))}"
             + (f"<br><code>{html.escape(m['signature'])}</code>" if "signature" in m else "")

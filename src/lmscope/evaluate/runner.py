@@ -27,7 +27,7 @@ from lmscope.evaluate.metrics import (
     normalize_answer,
     per_class_scores,
 )
-from lmscope.evaluate.stats import bootstrap
+from lmscope.evaluate.stats import bootstrap, mean_of
 from lmscope.evaluate.tasks import TaskSpec, content_hash
 from lmscope.evaluate.textgen import corpus_scores
 
@@ -245,7 +245,7 @@ def _qa(
     metrics = {}
     for name in spec.chosen_metrics():
         values = np.array([rec[name] for rec in records], dtype=np.float64)
-        metrics[name] = bootstrap(_mean_of(values), len(values)).as_dict()
+        metrics[name] = bootstrap(mean_of(values), len(values)).as_dict()
     return {
         "settings": _decoding_settings(spec),
         "metrics": metrics,
@@ -253,10 +253,6 @@ def _qa(
         "details": {},
         "samples": records[: spec.samples],
     }
-
-
-def _mean_of(values: np.ndarray) -> Callable[[np.ndarray], float]:
-    return lambda idx: float(values[idx].mean())
 
 
 def run_tasks(

@@ -19,6 +19,11 @@ DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 12345
 
 
+def mean_of(values: np.ndarray) -> Aggregate:
+    """The aggregate "mean of these per-item values"."""
+    return lambda idx: float(values[idx].mean())
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A metric with its 95% bootstrap interval and the number of items behind it."""

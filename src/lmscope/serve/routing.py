@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from dataclasses import dataclass, field
@@ -26,6 +27,19 @@ class Route:
         """A model id drawn with probability equal to its weight (never one of weight 0)."""
         live = [(model_id, weight) for model_id, weight in self.targets if weight > 0]
         return rng.choices([m for m, _ in live], weights=[w for _, w in live])[0]
+
+    def pick_sticky(self, user: str) -> str:
+        """The model id for `user`, the same on every request and every replica: a hash of
+        alias and user, read as a uniform number in [0, 1), against the cumulative weights."""
+        digest = hashlib.sha256(f"{self.alias}\x00{user}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") / 2**64
+        cumulative = 0.0
+        live = [(model_id, weight) for model_id, weight in self.targets if weight > 0]
+        for model_id, weight in live:
+            cumulative += weight
+            if point < cumulative:
+                return model_id
+        return live[-1][0]  # rounding left the last sliver of [0, 1)
 
 
 def parse_model_spec(text: str) -> ModelSpec:
@@ -106,11 +120,14 @@ class Router:
     def names(self) -> list[str]:
         return [*self.model_ids, *self.routes]
 
-    def resolve(self, requested: str | None) -> str | None:
-        """The served id for `requested`; the first model when none is named; None if unknown."""
+    def resolve(self, requested: str | None, user: str | None = None) -> str | None:
+        """The served id for `requested`; the first model when none is named; None if unknown.
+        An alias route assigns a user (the request's `user` field or header) stickily."""
         if not requested:
             return self.model_ids[0]
         if requested in self.model_ids:
             return requested
         route = self.routes.get(requested)
-        return route.pick(self.rng) if route else None
+        if route is None:
+            return None
+        return route.pick_sticky(user) if user else route.pick(self.rng)
