@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from lmscope.explain import explain
+from lmscope.explain.errors import ExplainInputError
+from lmscope.explain.lens import promoted_by_neuron, promoted_by_neurons
 from lmscope.explain.report import explorable, report_data
 from lmscope.explain.report_page import MODULES, bundle, static_text
 from test_explain_support import CharTokenizer, FakeLoaded, tiny_model
@@ -37,7 +39,7 @@ def test_report_is_one_offline_file(result, tmp_path: Path) -> None:  # type: ig
     assert not re.search(r"^\s*(import|export)\b", html, re.M)  # modules joined, none loaded
     data = page_data(html)
     assert data["tokens"] == result.token_strs and data["target"] == result.target
-    assert data["targets"] == list(range(len(PROMPT)))  # a short prompt: every position
+    assert data["targets"] == explorable(len(PROMPT), result.target)
     assert data["graph"]["edges"] and data["head_maps"]
     assert not list(tmp_path.glob(".*"))  # written through a temporary name, nothing left over
 
@@ -74,3 +76,16 @@ def test_every_explorable_position_has_every_section(result) -> None:  # type: i
         assert all(len(s["scores"]) == t + 1 for s in here["saliency"])
         for block in here["neurons"]:  # each neuron carries its output row's projection
             assert all("promoted" in row for row in block["neurons"])
+
+
+def test_neuron_projections_in_one_batch_equal_one_at_a_time(result) -> None:  # type: ignore[no-untyped-def]
+    pairs = [(0, 3), (2, 47), (-1, 0)]
+    batch = promoted_by_neurons(result.model_ref, result.view, pairs, 4, result.decode)
+    for (layer, neuron), got in zip(pairs, batch, strict=True):
+        one = promoted_by_neuron(result.model_ref, result.view, layer, neuron, 4, result.decode)
+        for a, b in ((got.promoted, one.promoted), (got.suppressed, one.suppressed)):
+            assert [t.token for t in a] == [t.token for t in b]
+            assert [t.logit for t in a] == pytest.approx([t.logit for t in b], abs=1e-5)
+    assert batch[2].source == f"L{result.n_layers - 1}N0"
+    with pytest.raises(ExplainInputError, match="neuron 999 is out of range"):
+        promoted_by_neurons(result.model_ref, result.view, [(0, 1), (1, 999)])

@@ -23,6 +23,7 @@ from lmscope.explain import explain
 from lmscope.explain.heads import top_heads
 from lmscope.explain.lens import lens_table, update_logits
 from lmscope.explain.neurons import top_neurons
+from lmscope.explain.report import explorable
 from lmscope.explain.routes import build_routes
 from test_explain_support import CharTokenizer, FakeLoaded, tiny_model
 
@@ -73,8 +74,9 @@ def test_report_routes_match_build_routes(browser: Any, report: Path, result) ->
     build_routes' edges with its weights."""
     page, errors = open_report(browser, report)
     assert result.flow is not None
-    for target in (len(PROMPT) - 1, 9, 2):
+    for target in (len(PROMPT) - 1, 9, 7):
         page.click(f"#tokens .tok[data-position='{target}']")
+        page.wait_for_selector(f"#tokens .tok.target[data-position='{target}']")
         for tau in (0.01, 0.03, 0.12):
             for renormalise in (False, True):
                 set_controls(page, tau, renormalise)
@@ -93,7 +95,10 @@ def test_clicking_a_token_retargets_every_section(browser: Any, report: Path, re
     page, errors = open_report(browser, report)
     view, flow, model = result.view, result.flow, result.model_ref
     sections = ["prediction", "heads", "neurons", "lens", "saliency"]
-    for target in (5, 13):
+    outside = min(set(range(len(PROMPT))) - set(explorable(len(PROMPT), result.target)))
+    page.click(f"#tokens .tok[data-position='{outside}']")  # not embedded: nothing changes
+    assert page.get_attribute("#prediction", "data-target") == str(result.target)
+    for target in (10, 13):
         page.click(f"#tokens .tok[data-position='{target}']")
         page.wait_for_selector(f"#tokens .tok.target[data-position='{target}']")
         for name in sections:
@@ -131,19 +136,20 @@ def test_neurons_show_what_they_promote_in_context(browser: Any, tmp_path: Path)
     ex = explain(FakeLoaded("tiny-llama", tiny_model("llama_gqa"), CharTokenizer()), PROMPT)
     page, errors = open_report(browser, ex.save(tmp_path / "gated.html"))
     signs = set()
-    for target in (len(PROMPT) - 1, 10, 4):
+    for target in (len(PROMPT) - 1, 10, 7):
         page.click(f"#tokens .tok[data-position='{target}']")
+        page.wait_for_selector(f"#tokens .tok.target[data-position='{target}']")
         rows = page.evaluate(
             """() => [...document.querySelectorAll('#report-neurons tbody tr')].map((r) => [
-                r.dataset.label, r.querySelector('.chip.pos')?.textContent ?? null])"""
+                r.dataset.label, r.querySelector('.chip.pos')?.title ?? null])"""
         )
-        for label, first_promoted in rows:
+        for label, title in rows:
             layer, neuron = (int(s) for s in label[1:].split("N"))
             activation = float(ex.view.mlp_hidden(layer)[target, neuron])
             part = ex.view.mlp_weight(layer)[neuron] * activation
-            assert first_promoted == show(
-                ex.decode(int(update_logits(ex.model_ref, part).argmax()))
-            )
+            logits = update_logits(ex.model_ref, part)
+            token = int(title.split()[1])  # "id 12 · 0.345"
+            assert float(logits[token]) == pytest.approx(float(logits.max()), abs=1e-5)
             signs.add(activation > 0)
     assert signs == {True, False}  # both cases were seen
     assert not errors, errors

@@ -414,13 +414,35 @@ def promoted_by_neuron(
     decode: Decode | None = None,
 ) -> Promotion:
     """Tokens a neuron's output row W_out[neuron] promotes/suppresses (position-free)."""
-    layer = check_layer(layer, view.n_layers)
-    w_out = view.mlp_weight(layer)
-    if not 0 <= neuron < w_out.shape[0]:
-        raise ExplainInputError(
-            f"neuron {neuron} is out of range; layer {layer} has 0..{w_out.shape[0] - 1}"
-        )
-    return _promotion(update_logits(model, w_out[neuron]), f"L{layer}N{neuron}", None, k, decode)
+    return promoted_by_neurons(model, view, [(layer, neuron)], k, decode)[0]
+
+
+def promoted_by_neurons(
+    model: Transformer,
+    view: TraceView,
+    neurons: Sequence[tuple[int, int]],
+    k: int = 10,
+    decode: Decode | None = None,
+) -> list[Promotion]:
+    """promoted_by_neuron for many (layer, neuron) pairs, projected in batches (one projection
+    of a single row reads the whole unembedding: slow when repeated)."""
+    rows: list[torch.Tensor] = []
+    sources: list[str] = []
+    for layer, neuron in neurons:
+        layer = check_layer(layer, view.n_layers)
+        w_out = view.mlp_weight(layer)
+        if not 0 <= neuron < w_out.shape[0]:
+            raise ExplainInputError(
+                f"neuron {neuron} is out of range; layer {layer} has 0..{w_out.shape[0] - 1}"
+            )
+        rows.append(w_out[neuron])
+        sources.append(f"L{layer}N{neuron}")
+    out: list[Promotion] = []
+    for start in range(0, len(rows), 256):
+        logits = update_logits(model, torch.stack(rows[start : start + 256]))
+        for row, source in zip(logits, sources[start : start + 256], strict=True):
+            out.append(_promotion(row, source, None, k, decode))
+    return out
 
 
 def promotions_at(

@@ -22,7 +22,7 @@ from lmscope.explain.lens import (
     lens_table,
     node_name,
     project,
-    promoted_by_neuron,
+    promoted_by_neurons,
     promotions_at,
     trajectory,
 )
@@ -35,12 +35,12 @@ if TYPE_CHECKING:
     from lmscope.explain.api import Explanation
     from lmscope.explain.lens import Promotion
 
-REPORT_TARGETS = 32  # explorable positions: all of a prompt this short, else a window
+REPORT_TARGETS = 16  # explorable positions: all of a prompt this short, else a window
 MAP_TOKENS = 128  # full T x T head maps are embedded up to this many tokens...
 MAP_HEADS = 12  # ...for at most this many heads (the top ones of the explorable positions)
 MAX_LENS_NODES = 1000  # lens rows of route nodes at other positions
 NEURONS_PER_LAYER = 3
-MAX_NEURON_PROJECTIONS = 1500  # vocabulary projections of neuron output rows (the most important)
+MAX_NEURON_PROJECTIONS = 1000  # vocabulary projections of neuron output rows (the most important)
 K = 5  # tokens per list
 # Gradient x input at every explorable position while parameters x tokens x positions stays
 # under this (one backward pass each); above, only at the explained position.
@@ -123,7 +123,12 @@ def _per_target(ex: Explanation, targets: list[int]) -> dict[str, dict[str, Any]
             s["target_text"] = None if s["target"] is None else decode(s["target"])
         out[str(t)] = {
             "prediction": [
-                {"token": int(i), "text": decode(int(i)), "logit": _r(v), "prob": _r(float(probs[i]), 7)}
+                {
+                    "token": int(i),
+                    "text": decode(int(i)),
+                    "logit": _r(v),
+                    "prob": _r(float(probs[i]), 7),
+                }
                 for v, i in zip(top_v.tolist(), top_i.tolist(), strict=True)
             ],
             "head_importance": rounded(head_importance(flow, t).tolist(), 5),
@@ -161,17 +166,15 @@ def _add_neuron_projections(ex: Explanation, per_target: dict[str, dict[str, Any
         key = (layer, row["neuron"])
         best[key] = max(best[key], row["importance"])
     chosen = sorted(wanted, key=lambda key: -best[key])[:MAX_NEURON_PROJECTIONS]
-    projections = {}
-    for layer, neuron in chosen:
-        p = promoted_by_neuron(ex.model_ref, ex.view, layer, neuron, K, ex.decode)
-        projections[(layer, neuron)] = (
-            [t.to_dict() for t in p.promoted],
-            [t.to_dict() for t in p.suppressed],
-        )
+    found = promoted_by_neurons(ex.model_ref, ex.view, chosen, K, ex.decode)
+    projections = {
+        key: ([t.to_dict() for t in p.promoted], [t.to_dict() for t in p.suppressed])
+        for key, p in zip(chosen, found, strict=True)
+    }
     for row, layer in rows:
-        found = projections.get((layer, row["neuron"]))
-        if found is not None:
-            row["promoted"], row["suppressed"] = found
+        pair = projections.get((layer, row["neuron"]))
+        if pair is not None:
+            row["promoted"], row["suppressed"] = pair
 
 
 def _node_lens(ex: Explanation, targets: list[int]) -> dict[str, list[list[Any]]]:
