@@ -53,6 +53,14 @@ def test_threads_must_be_positive() -> None:
     assert result.returncode == 2 and "error: --threads must be at least 1" in result.stderr
 
 
+def test_duplicate_model_ids_are_one_error_line(tiny_checkpoint: Path) -> None:
+    path = str(tiny_checkpoint)
+    result = run_cli("serve", "-m", f"a={path}", "-m", f"a={path}")
+    assert result.returncode == 2, result.stderr[-500:]
+    assert result.stderr.startswith("error: model ids must be unique")
+    assert "Traceback" not in result.stderr
+
+
 def test_omp_wait_policy_is_passive_unless_the_user_set_it() -> None:
     code = (
         "import os, sys; from lmscope import cli; cli.prepare_environment(); "

@@ -107,7 +107,6 @@ def serve(
         settings.prefill_chunk = prefill_chunk
     if threads is not None:
         torch.set_num_threads(threads)
-    sock = bind_socket(host, port)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     failure: list[str] = []
     server: uvicorn.Server | None = None
@@ -117,7 +116,8 @@ def serve(
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, on_load_error=load_failed)
+    app = create_app(settings, on_load_error=load_failed)  # checks the settings, loads nothing
+    sock = bind_socket(host, port)
     config = uvicorn.Config(app, log_level="warning", access_log=False, **uvicorn_options())
     server = uvicorn.Server(config)
     n_threads = torch.get_num_threads()

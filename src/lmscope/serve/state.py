@@ -15,7 +15,7 @@ from lmscope.engine import PREFILL_CHUNK, Engine
 from lmscope.model.prepacked import optimize_for_decoding
 from lmscope.serve.errors import APIError
 from lmscope.serve.metrics import ServerMetrics
-from lmscope.serve.routing import ModelSpec, Router, parse_routes
+from lmscope.serve.routing import ModelSpec, Router, RoutingError, parse_routes
 
 log = logging.getLogger("lmscope.serve")
 
@@ -62,7 +62,9 @@ class ServerState:
         self.metrics = metrics
         ids = [spec.id for spec in settings.models]
         if len(set(ids)) != len(ids):
-            raise ValueError(f"model ids must be unique, got {ids}")
+            raise RoutingError(
+                f"model ids must be unique, got {ids}; name them with --model ID=NAME_OR_PATH"
+            )
         known = set(ids)
         routes = parse_routes(list(settings.routes), known)
         self.router = Router(ids, routes)
