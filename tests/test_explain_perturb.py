@@ -1,0 +1,214 @@
+"""Perturbation attributions against Captum 0.9 (the oracle: same masks, seeds and baseline) and
+against exact Shapley values computed here by brute force; the prefix-cached scorer against
+full forwards; faithfulness curves and rank correlation against direct computations."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from lmscope.explain.errors import ExplainInputError
+from lmscope.explain.faithfulness import agreement, deletion_insertion, rank_correlation
+from lmscope.explain.perturb import feature_ablation, occlusion, shapley_value_sampling
+from lmscope.explain.perturb_eval import MaskScorer
+from lmscope.explain.perturb_sampling import kernel_shap, lime
+from test_explain_support import tiny_model, tokens
+
+captum_attr = pytest.importorskip("captum.attr")
+
+T = 9
+TARGET = 5
+BASE = 7
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama_gqa", "neox_parallel"])
+def model(request):  # type: ignore[no-untyped-def]
+    return tiny_model(request.param, n_layers=2)
+
+
+def forward_score(model):  # type: ignore[no-untyped-def]
+    """The score as Captum sees it: a full forward of every row (no cache), target's logit."""
+
+    def f(ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(ids)[:, -1, TARGET].double()
+
+    return f
+
+
+def ids() -> torch.Tensor:
+    return tokens(T)[None]
+
+
+def close(ours: list[float], theirs: torch.Tensor, tol: float = TOL) -> None:
+    got = torch.tensor(ours, dtype=torch.float64)
+    want = theirs.double().flatten()
+    assert torch.allclose(got, want, atol=tol, rtol=0), (got - want).abs().max()
+
+
+def test_prefix_cached_scores_equal_full_forwards(model) -> None:  # type: ignore[no-untyped-def]
+    scorer = MaskScorer(model, ids(), target=TARGET, baseline=BASE, batch_size=3)
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(20, T, generator=g) > 0.3
+    masks[0] = True  # the prompt itself
+    masks[1] = False  # the all-baseline input
+    masks[2, :-1] = True  # only the last token changed: one position to run
+    masks[2, -1] = False
+    before = scorer.n_positions
+    got = scorer(masks)
+    want = forward_score(model)(torch.where(masks, ids(), BASE))
+    assert torch.allclose(got, want, atol=TOL, rtol=0)
+    assert scorer.n_positions - before < 18 * T  # prefixes were reused
+
+
+def test_feature_ablation_matches_captum(model) -> None:  # type: ignore[no-untyped-def]
+    fa = captum_attr.FeatureAblation(forward_score(model))
+    want = fa.attribute(ids(), baselines=BASE)
+    close(feature_ablation(model, ids(), target=TARGET, baseline=BASE, batch_size=4).scores, want)
+    groups = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4])
+    want = fa.attribute(ids(), baselines=BASE, feature_mask=groups[None])
+    got = feature_ablation(model, ids(), target=TARGET, baseline=BASE, features=groups)
+    close(got.scores, want)
+
+
+@pytest.mark.parametrize(("window", "stride"), [(1, 1), (3, 2), (4, 1)])
+def test_occlusion_matches_captum(model, window: int, stride: int) -> None:  # type: ignore[no-untyped-def]
+    occ = captum_attr.Occlusion(forward_score(model))
+    want = occ.attribute(ids(), sliding_window_shapes=(window,), strides=(stride,), baselines=BASE)
+    got = occlusion(model, ids(), target=TARGET, baseline=BASE, window=window, stride=stride)
+    close(got.scores, want)
+    assert got.method == "occlusion" and got.meta["window"] == window
+
+
+def test_shapley_value_sampling_matches_captum(model) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(3)
+    want = captum_attr.ShapleyValueSampling(forward_score(model)).attribute(
+        ids(), baselines=BASE, n_samples=6
+    )
+    got = shapley_value_sampling(model, ids(), target=TARGET, baseline=BASE, n_samples=6, seed=3)
+    close(got.scores, want)
+
+
+def brute_force_shapley(model, groups: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Exact Shapley values by the subset formula, one full forward per coalition."""
+    f = forward_score(model)
+    n = int(groups.max()) + 1
+    value: dict[frozenset[int], float] = {}
+    for k in range(n + 1):
+        for subset in itertools.combinations(range(n), k):
+            keep = torch.isin(groups, torch.tensor(subset, dtype=torch.long))
+            value[frozenset(subset)] = float(f(torch.where(keep[None], ids(), BASE))[0])
+    phi = torch.zeros(n, dtype=torch.float64)
+    for i in range(n):
+        for s, v in value.items():
+            if i in s:
+                continue
+            weight = math.factorial(len(s)) * math.factorial(n - len(s) - 1) / math.factorial(n)
+            phi[i] += weight * (value[s | {i}] - v)
+    return phi[groups]
+
+
+def test_exact_shapley_equals_brute_force(model) -> None:  # type: ignore[no-untyped-def]
+    groups = torch.tensor([0, 1, 1, 2, 3, 3, 4, 5, 5])
+    got = shapley_value_sampling(
+        model, ids(), target=TARGET, baseline=BASE, features=groups, exact=True
+    )
+    close(got.scores, brute_force_shapley(model, groups))
+    # Efficiency: the values sum (per feature) to score(prompt) - score(all baseline).
+    per_feature = [got.scores[i] for i in (0, 1, 3, 4, 6, 7)]  # one token of each group
+    assert math.isclose(
+        sum(per_feature), got.meta["value"] - got.meta["baseline_value"], abs_tol=TOL
+    )
+
+
+def test_kernel_shap_matches_captum(model) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(5)
+    want = captum_attr.KernelShap(forward_score(model)).attribute(
+        ids(), baselines=BASE, n_samples=40
+    )
+    got = kernel_shap(model, ids(), target=TARGET, baseline=BASE, n_samples=40, seed=5)
+    close(got.scores, want)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_lime_matches_captum(model, alpha: float) -> None:  # type: ignore[no-untyped-def]
+    from captum._utils.models.linear_model import SkLearnLinearRegression, SkLearnRidge
+
+    width = 0.4
+
+    def similarity(_orig, _pert, sample: torch.Tensor, **_kw) -> float:  # type: ignore[no-untyped-def]
+        z = sample.double().flatten()
+        cos = float(z.sum()) / max(math.sqrt(z.numel() * float(z.sum())), 1e-8)
+        return math.exp(-((1 - cos) ** 2) / (2 * width**2))
+
+    surrogate = SkLearnRidge(alpha=alpha) if alpha else SkLearnLinearRegression()
+    explainer = captum_attr.Lime(
+        forward_score(model), interpretable_model=surrogate, similarity_func=similarity
+    )
+    torch.manual_seed(11)
+    want = explainer.attribute(ids(), baselines=BASE, n_samples=60)
+    got = lime(
+        model,
+        ids(),
+        target=TARGET,
+        baseline=BASE,
+        n_samples=60,
+        seed=11,
+        kernel_width=width,
+        alpha=alpha,
+    )
+    close(got.scores, want)
+
+
+def test_rank_correlation_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 5, (30,), generator=g).double()  # many ties
+    b = a + torch.randn(30, generator=g)
+    assert math.isclose(rank_correlation(a, b), stats.spearmanr(a, b).statistic, abs_tol=1e-12)
+    assert rank_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_deletion_insertion_curves(model) -> None:  # type: ignore[no-untyped-def]
+    attr = occlusion(model, ids(), target=TARGET, baseline=BASE)
+    faith = deletion_insertion(model, attr)
+    f = forward_score(model)
+    value, base = attr.meta["value"], attr.meta["baseline_value"]
+    order = faith.order
+    assert sorted(order) == list(range(T))
+    assert [attr.scores[i] for i in order] == sorted(attr.scores, reverse=True)
+    for k in (0, 3, T):
+        keep = torch.ones(T, dtype=torch.bool)
+        keep[order[:k]] = False
+        direct = float(f(torch.where(keep[None], ids(), BASE))[0])
+        assert faith.deletion[k] == pytest.approx((direct - base) / (value - base), abs=1e-4)
+        direct = float(f(torch.where(~keep[None], ids(), BASE))[0])
+        assert faith.insertion[k] == pytest.approx((direct - base) / (value - base), abs=1e-4)
+    assert faith.deletion[0] == pytest.approx(1.0) and faith.deletion[-1] == pytest.approx(0.0)
+    curve = torch.tensor(faith.deletion)
+    assert faith.deletion_auc == pytest.approx(float(torch.trapezoid(curve, dx=1 / T)))
+    table = agreement([attr, feature_ablation(model, ids(), target=TARGET, baseline=BASE)])
+    assert table["occlusion"]["feature_ablation"] == pytest.approx(1.0)  # window 1: the same
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m: lime(m, ids(), n_samples=0), "n_samples must be a positive integer"),
+        (lambda m: kernel_shap(m, ids(), n_samples=0), "n_samples must be a positive integer"),
+        (lambda m: shapley_value_sampling(m, ids(), n_samples=0), "n_samples"),
+        (lambda m: occlusion(m, ids(), window=0), "window must be a positive integer"),
+        (lambda m: occlusion(m, ids(), window=T + 1), "window of 10 tokens is longer"),
+        (lambda m: feature_ablation(m, ids(), baseline=10_000), "baseline token id 10000"),
+        (lambda m: feature_ablation(m, ids(), features=[0, 1]), "one group id per token"),
+        (lambda m: feature_ablation(m, ids(), batch_size=0), "batch_size must be"),
+        (lambda m: feature_ablation(m, [], batch_size=1), "the prompt is empty"),
+    ],
+)
+def test_bad_input_is_one_clear_error(model, call, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ExplainInputError, match=message):
+        call(model)
