@@ -84,3 +84,20 @@ def test_unknown_model_lists_available_names(tmp_path: Path) -> None:
         load(str(tmp_path / "notes.txt"))
     with pytest.raises(UnknownModelError, match="neither an lmscope checkpoint"):
         load(str(tmp_path))
+
+
+def test_models_command_lists_embedded_models_and_presets() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from lmscope.commands import models
+    from lmscope.model.presets import PRESETS
+
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a group, so the command is called by name as under `lmscope`
+    models.register(app)
+    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "smollm2-135m" in result.output
+    for name in PRESETS:
+        assert name in result.output

@@ -30,6 +30,28 @@ def models() -> None:
         f"Cache root: {cache_root()} (set LMSCOPE_CACHE to move it). Any path also works as "
         "MODEL: an lmscope checkpoint directory, a Hugging Face checkpoint directory or a .gguf file."
     )
+    console.print(preset_table())
+
+
+def preset_table() -> Table:
+    """The named architectures (`ModelConfig.from_name`): shapes only, no weights."""
+    from lmscope.model.config import ModelConfig
+    from lmscope.model.presets import PRESETS
+
+    table = Table(title="architecture presets (ModelConfig.from_name; shapes, no weights)")
+    for column in ("name", "family", "layers", "d_model", "heads (kv)", "context"):
+        table.add_column(column, style="bold" if column == "name" else None)
+    for name in PRESETS:
+        cfg = ModelConfig.from_name(name)
+        table.add_row(
+            name,
+            cfg.architecture,
+            str(cfg.n_layers),
+            str(cfg.d_model),
+            f"{cfg.n_heads} ({cfg.kv_heads})",
+            str(cfg.n_ctx),
+        )
+    return table
 
 
 def _human(n: int) -> str:
