@@ -226,3 +226,32 @@ def test_cli_eval_and_compare(tiny_checkpoint: Path, task_file: Path, tmp_path: 
     result = runner.invoke(app, ["eval", str(tiny_checkpoint), str(bad)])
     assert result.exit_code == 2
     assert "not valid YAML" in result.output and "Traceback" not in result.output
+
+
+def test_endpoint_backend_agrees_with_the_local_model(
+    tiny_checkpoint: Path, task_file: Path
+) -> None:
+    """The same tasks through a real lmscope server (echo + logprobs on token-id prompts)."""
+    from lmscope.evaluate.backends import EndpointBackend, endpoint_tokenizer
+    from lmscope.serve.routing import ModelSpec
+    from lmscope.serve.state import ServeSettings
+    from lmscope.zoo.registry import load
+    from serve_support import running_server
+
+    specs = load_tasks(task_file)
+    local = run_tasks(load(tiny_checkpoint), specs)
+    settings = ServeSettings(models=[ModelSpec("tiny", str(tiny_checkpoint))], max_seq_len=256)
+    with running_server(settings) as base:
+        backend = EndpointBackend(base, "tiny", endpoint_tokenizer(str(tiny_checkpoint)), 256, None)
+        remote = run_tasks(backend, specs)
+    for ours, theirs in zip(local["tasks"], remote["tasks"], strict=True):
+        assert ours["data_hash"] == theirs["data_hash"]
+        if ours["kind"] == "perplexity":
+            for a, b in zip(ours["items"], theirs["items"], strict=True):
+                assert a["ll"] == pytest.approx(b["ll"], abs=1e-3) and a["tokens"] == b["tokens"]
+        elif ours["kind"] == "classification":
+            assert [r["predicted"] for r in ours["items"]] == [
+                r["predicted"] for r in theirs["items"]
+            ]
+        else:
+            assert [r["output"] for r in ours["items"]] == [r["output"] for r in theirs["items"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,14 @@ from rich.console import Console
 from lmscope.commands.common import user_errors
 
 console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    tokenizer: str | None
+    context: int
+    api_key: str | None
 
 
 def _load_specs(tasks: list[Path]) -> list[Any]:
@@ -47,7 +56,11 @@ def _progress_factory() -> tuple[Any, Callable[[str], Callable[[int], None]]]:
 
 
 def _evaluate(
-    model: str, specs: list[Any], limit: int | None, threads: int | None
+    model: str,
+    specs: list[Any],
+    limit: int | None,
+    threads: int | None,
+    endpoint: Endpoint | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -58,7 +71,14 @@ def _evaluate(
         torch.set_num_threads(max(1, threads))
     if model.endswith(".json") and Path(model).is_file():
         return dict(json.loads(Path(model).read_text(encoding="utf-8")))
-    lm = load(model)
+    lm: Any
+    if endpoint is not None:
+        from lmscope.evaluate.backends import EndpointBackend, endpoint_tokenizer
+
+        tokenizer = endpoint_tokenizer(endpoint.tokenizer or model)
+        lm = EndpointBackend(endpoint.url, model, tokenizer, endpoint.context, endpoint.api_key)
+    else:
+        lm = load(model)
     if limit is not None:
         specs = [s.model_copy(update={"limit": min(limit, s.limit or limit)}) for s in specs]
     progress, for_task = _progress_factory()
@@ -96,12 +116,21 @@ def eval_command(
     out: Path = typer.Option(Path("eval-out"), "--out", help="Directory for report.json/.html."),
     limit: int | None = typer.Option(None, help="Evaluate only the first N items of each task."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    endpoint: str | None = typer.Option(
+        None, help="Evaluate MODEL as served by this OpenAI-compatible URL (echo + logprobs)."
+    ),
+    tokenizer: str | None = typer.Option(
+        None, help="With --endpoint: the model's tokenizer (a checkpoint dir or embedded name)."
+    ),
+    context: int = typer.Option(2048, help="With --endpoint: the served context length."),
+    api_key: str | None = typer.Option(None, envvar="OPENAI_API_KEY", help="With --endpoint."),
 ) -> None:
     """Evaluate MODEL on TASKS: every metric with its 95% CI and item count, JSON + HTML."""
     from lmscope.evaluate.report import write_report
 
     specs = _load_specs(tasks)
-    report = _evaluate(model, specs, limit, threads)
+    served = Endpoint(endpoint, tokenizer, context, api_key) if endpoint else None
+    report = _evaluate(model, specs, limit, threads, served)
     _print_report(report)
     for path in write_report(report, out, "report"):
         print(f"wrote {path}")

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from lmscope.evaluate.backends import Backend, LocalBackend
 from lmscope.evaluate.diagnose import diagnose
 from lmscope.evaluate.errors import EvalError
-from lmscope.evaluate.loglik import Window, continuation_windows, rolling_windows, score_windows
+from lmscope.evaluate.loglik import Window, continuation_windows, rolling_windows
 from lmscope.evaluate.metrics import (
     PerplexityItems,
     classification_aggregates,
@@ -35,10 +36,8 @@ Progress = Callable[[int], None]
 REPORT_SCHEMA = 1
 
 
-def run_task(lm: Any, spec: TaskSpec, progress: Progress | None = None) -> dict[str, Any]:
-    """Evaluate one task on `lm` (a `lmscope.zoo.registry.LoadedModel`)."""
-    if lm.tokenizer is None:
-        raise EvalError(f"model {lm.name!r} has no tokenizer; evaluation needs one")
+def run_task(lm: Backend, spec: TaskSpec, progress: Progress | None = None) -> dict[str, Any]:
+    """Evaluate one task on a backend (a local model or an endpoint)."""
     items = spec.load_items()
     runners = {
         "perplexity": _perplexity,
@@ -72,9 +71,9 @@ def _prefix_token(tokenizer: Any) -> int | None:
 
 
 def _perplexity(
-    lm: Any, spec: TaskSpec, items: list[dict[str, Any]], progress: Progress | None
+    lm: Backend, spec: TaskSpec, items: list[dict[str, Any]], progress: Progress | None
 ) -> dict[str, Any]:
-    n_ctx = lm.model.cfg.n_ctx
+    n_ctx = lm.n_ctx
     window = min(spec.window or n_ctx, n_ctx)
     prefix = _prefix_token(lm.tokenizer)
     docs = [item[spec.text_field] for item in items]
@@ -82,7 +81,7 @@ def _perplexity(
     for owner, doc in enumerate(docs):
         ids = _encode(lm.tokenizer, doc, special=False)
         windows += rolling_windows(ids, window, prefix, owner, stride=spec.stride)
-    scores = score_windows(lm.model, windows, progress=progress)
+    scores = lm.score(windows, progress)
     ll = np.zeros(len(docs))
     tokens = np.zeros(len(docs), dtype=np.int64)
     for w, s in zip(windows, scores, strict=True):
@@ -119,7 +118,7 @@ def _prompts(spec: TaskSpec, items: list[dict[str, Any]]) -> list[str]:
 
 
 def _classification(
-    lm: Any, spec: TaskSpec, items: list[dict[str, Any]], progress: Progress | None
+    lm: Backend, spec: TaskSpec, items: list[dict[str, Any]], progress: Progress | None
 ) -> dict[str, Any]:
     labels = list(spec.labels or [])
     prompts = _prompts(spec, items)
@@ -157,9 +156,9 @@ def _classification(
 
 
 def _classify_by_loglik(
-    lm: Any, spec: TaskSpec, prompts: list[str], labels: list[str], progress: Progress | None
+    lm: Backend, spec: TaskSpec, prompts: list[str], labels: list[str], progress: Progress | None
 ) -> tuple[list[int], list[list[float]]]:
-    tokenizer, n_ctx = lm.tokenizer, lm.model.cfg.n_ctx
+    tokenizer, n_ctx = lm.tokenizer, lm.n_ctx
     label_ids = []
     for label in labels:
         ids = _encode(tokenizer, spec.label_prefix + label, special=False)
@@ -171,7 +170,7 @@ def _classify_by_loglik(
         context = _encode(tokenizer, prompt) or [_prefix_token(tokenizer) or 0]
         for j, ids in enumerate(label_ids):
             windows.append(continuation_windows(context, ids, n_ctx, owner=i * len(labels) + j))
-    scores = score_windows(lm.model, windows, progress=progress)
+    scores = lm.score(windows, progress)
     totals = np.array([float(s.sum()) for s in scores]).reshape(len(prompts), len(labels))
     return [int(k) for k in totals.argmax(axis=1)], totals.tolist()
 
@@ -193,25 +192,12 @@ def _decoding_settings(spec: TaskSpec) -> dict[str, Any]:
     return {"max_tokens": spec.max_tokens, "temperature": spec.temperature, "stop": spec.stop}
 
 
-def _generate(lm: Any, spec: TaskSpec, prompts: list[str]) -> list[str]:
-    from lmscope.engine import generate_batch
-
-    results = generate_batch(
-        lm.model,
-        lm.tokenizer,
-        prompts,
-        max_new_tokens=spec.max_tokens,
-        temperature=spec.temperature,
-        stop=tuple(spec.stop),
-        seed=0,
-        truncate="left",
-        max_batch_size=8,
-    )
-    return [r.text for r in results]
+def _generate(lm: Backend, spec: TaskSpec, prompts: list[str]) -> list[str]:
+    return lm.complete(prompts, spec.max_tokens, spec.temperature, spec.stop)
 
 
 def _generation(
-    lm: Any, spec: TaskSpec, items: list[dict[str, Any]], progress: Progress | None
+    lm: Backend, spec: TaskSpec, items: list[dict[str, Any]], progress: Progress | None
 ) -> dict[str, Any]:
     prompts = _prompts(spec, items)
     outputs = [out.strip() for out in _generate(lm, spec, prompts)]
@@ -231,7 +217,7 @@ def _generation(
 
 
 def _qa(
-    lm: Any, spec: TaskSpec, items: list[dict[str, Any]], progress: Progress | None
+    lm: Backend, spec: TaskSpec, items: list[dict[str, Any]], progress: Progress | None
 ) -> dict[str, Any]:
     prompts = _prompts(spec, items)
     outputs = _generate(lm, spec, prompts)
@@ -256,20 +242,19 @@ def _qa(
 
 
 def run_tasks(
-    lm: Any, specs: list[TaskSpec], progress: Callable[[str], Progress] | None = None
+    lm: Backend | Any, specs: list[TaskSpec], progress: Callable[[str], Progress] | None = None
 ) -> dict[str, Any]:
     """Evaluate every task; the whole report (schema version REPORT_SCHEMA), with the
     error analysis and learning curves when the model carries a training record."""
-    results = [run_task(lm, spec, progress(spec.name) if progress else None) for spec in specs]
-    cfg = lm.model.cfg
+    backend = lm if hasattr(lm, "score") else LocalBackend(lm)  # a LoadedModel is local
+    results = [run_task(backend, spec, progress(spec.name) if progress else None) for spec in specs]
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
-        "model": {"name": lm.name, "source": str(lm.source), "n_layers": cfg.n_layers,
-                  "n_ctx": cfg.n_ctx, "vocab_size": cfg.vocab_size,
-                  "tokenizer_hash": tokenizer_hash(lm.tokenizer)},
+        "model": {"name": backend.name, "source": backend.source, **backend.info(),
+                  "tokenizer_hash": tokenizer_hash(backend.tokenizer)},
         "tasks": results,
     }  # fmt: skip
-    record = training_record_of(lm)
+    record = training_record_of(backend)
     report["diagnosis"] = diagnose(report, record)
     if record is not None:
         history = record.get("metrics") or {}
@@ -280,13 +265,13 @@ def run_tasks(
     return report
 
 
-def training_record_of(lm: Any) -> dict[str, Any] | None:
+def training_record_of(backend: Backend) -> dict[str, Any] | None:
     """The training record saved in a checkpoint's metadata by `lmscope train`, if any."""
     from pathlib import Path
 
     from lmscope.zoo.checkpoint import CheckpointError, read_metadata
 
-    source = Path(str(lm.source))
+    source = Path(backend.source)
     if not source.is_dir():
         return None
     try:
