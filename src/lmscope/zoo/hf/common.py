@@ -82,6 +82,18 @@ def common_fields(hf: Any, family: str) -> dict[str, Any]:
     }
 
 
+def standard_sizes(hf: Any) -> dict[str, Any]:
+    """Vocabulary, width, depth, heads and context under the usual HF attribute names (every
+    family here but GPT-2, which has its own)."""
+    return {
+        "vocab_size": hf.vocab_size,
+        "d_model": hf.hidden_size,
+        "n_layers": hf.num_hidden_layers,
+        "n_heads": hf.num_attention_heads,
+        "n_ctx": hf.max_position_embeddings,
+    }
+
+
 def rope(hf: Any, family: str) -> tuple[float, dict[str, Any] | None, float]:
     """(theta, lmscope rope_scaling, rotary fraction) from a 4.x or 5.x config."""
     params = dict(get(hf, "rope_parameters") or {})

@@ -18,6 +18,7 @@ from lmscope.zoo.hf.common import (
     norm,
     pack_qkv,
     rope,
+    standard_sizes,
 )
 
 
@@ -41,14 +42,10 @@ def llama_config(hf: Any, family: str) -> ModelConfig:
                 stacklevel=3,
             )
     return ModelConfig(
-        vocab_size=hf.vocab_size,
-        d_model=hf.hidden_size,
-        n_layers=hf.num_hidden_layers,
-        n_heads=hf.num_attention_heads,
+        **standard_sizes(hf),
         n_kv_heads=get(hf, "num_key_value_heads") or hf.num_attention_heads,
         d_head=get(hf, "head_dim") or hf.hidden_size // hf.num_attention_heads,
         d_mlp=hf.intermediate_size,
-        n_ctx=n_ctx,
         positional="rope",
         rope_theta=theta,
         rope_scaling=scaling,

@@ -16,6 +16,7 @@ from lmscope.zoo.hf.common import (
     linear,
     norm,
     rope,
+    standard_sizes,
 )
 
 
@@ -23,12 +24,8 @@ def neox_config(hf: Any, family: str) -> ModelConfig:
     theta, scaling, fraction = rope(hf, family)
     bias = bool(get(hf, "attention_bias", True))
     return ModelConfig(
-        vocab_size=hf.vocab_size,
-        d_model=hf.hidden_size,
-        n_layers=hf.num_hidden_layers,
-        n_heads=hf.num_attention_heads,
+        **standard_sizes(hf),
         d_mlp=hf.intermediate_size,
-        n_ctx=hf.max_position_embeddings,
         positional="rope",
         rope_theta=theta,
         rope_scaling=scaling,

@@ -17,6 +17,7 @@ from lmscope.zoo.hf.common import (
     linear,
     norm,
     pack_qkv,
+    standard_sizes,
 )
 
 
@@ -36,12 +37,8 @@ def opt_config(hf: Any, family: str) -> ModelConfig:
         raise UnsupportedModelError("OPT with _remove_final_layer_norm=True is not supported")
     bias = bool(get(hf, "enable_bias", True))
     return ModelConfig(
-        vocab_size=hf.vocab_size,
-        d_model=hf.hidden_size,
-        n_layers=hf.num_hidden_layers,
-        n_heads=hf.num_attention_heads,
+        **standard_sizes(hf),
         d_mlp=hf.ffn_dim,
-        n_ctx=hf.max_position_embeddings,
         positional="learned",
         norm="layernorm",
         norm_eps=1e-5,  # OPT uses nn.LayerNorm's default
