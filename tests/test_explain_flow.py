@@ -79,9 +79,10 @@ def test_gqa_parts_use_the_shared_kv_head() -> None:
 
 
 # ---- the fast proximities agree with an independent brute force -----------------------------
-def _brute_force(model, trace, norm: str):  # type: ignore[no-untyped-def]
+def _brute_force(model, trace, norm: str, mlp_bias: str = "in_mlp"):  # type: ignore[no-untyped-def]
     """Importances by looping over every part (float64, no vectorisation over parts), read from
-    raw hooks and raw weights (not through TraceView or decompose)."""
+    raw hooks and raw weights (not through TraceView or decompose). mlp_bias: "in_mlp" counts
+    b_out in the MLP's part, "separate" makes it a part of its own."""
     cfg = model.cfg
     acts = {k: v[0].double() for k, v in trace.activations.items()}
     p = 1 if norm == "l1" else 2
@@ -123,7 +124,8 @@ def _brute_force(model, trace, norm: str):  # type: ignore[no-untyped-def]
                     raw_attn[layer, i, key[1], key[2]] = value
             out_res[layer, i] = prox[("res",)] / total
         mlp = model.blocks[layer].mlp
-        bo = mlp.fc_out.bias.detach().double() if mlp.fc_out.bias is not None else None
+        bo = mlp.fc_out.bias
+        bo = bo.detach().double() if bo is not None and mlp_bias == "separate" else None
         post = acts[f"blocks.{layer}.hook_resid_post"]
         out = acts[f"blocks.{layer}.hook_mlp_out"]
         for i in range(T):
@@ -135,11 +137,13 @@ def _brute_force(model, trace, norm: str):  # type: ignore[no-untyped-def]
     return out_attn, out_res, out_mlp, raw_attn
 
 
+@pytest.mark.parametrize("mlp_bias", ["in_mlp", "separate"])
 @pytest.mark.parametrize("norm", ["l1", "l2"])
-def test_fast_proximities_match_brute_force(setup, norm: str) -> None:  # type: ignore[no-untyped-def]
+def test_fast_proximities_match_brute_force(setup, norm: str, mlp_bias: str) -> None:  # type: ignore[no-untyped-def]
     _, model, trace, view = setup
-    flow = compute_flow(model, view, norm=norm)
-    attn, res, mlp, raw = _brute_force(model, trace, norm)
+    flow = compute_flow(model, view, norm=norm, mlp_bias=mlp_bias)  # type: ignore[arg-type]
+    assert flow.meta["mlp_bias"] == mlp_bias
+    attn, res, mlp, raw = _brute_force(model, trace, norm, mlp_bias)
     for layer in range(model.cfg.n_layers):  # raw proximities, relative to the whole's norm
         fast = head_proximities(
             view.resid_mid(layer), view.pattern(layer), view.head_vectors(layer), norm
@@ -179,30 +183,62 @@ def test_l1_kernel_coordinate_split_is_exact() -> None:
     assert big.any() and (~big & (w > 0)).any()
 
 
-def test_shares_sum_to_one_and_chunking_changes_nothing(setup) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("mlp_bias", ["in_mlp", "separate"])
+def test_shares_sum_to_one_and_chunking_changes_nothing(setup, mlp_bias: str) -> None:  # type: ignore[no-untyped-def]
     _, model, _, view = setup
-    flow = compute_flow(model, view)
+    flow = compute_flow(model, view, mlp_bias=mlp_bias)  # type: ignore[arg-type]
+    if mlp_bias == "in_mlp" or model.cfg.mlp_bias is False:
+        assert (flow.mlp_bias == 0).all()  # no part of its own
+    else:
+        assert (flow.mlp_bias > 0).any()
     attn_total = flow.attn_heads.sum((2, 3)) + flow.attn_resid + flow.attn_bias
     torch.testing.assert_close(attn_total, torch.ones_like(attn_total))
     torch.testing.assert_close(flow.mlp + flow.mlp_resid + flow.mlp_bias, torch.ones_like(flow.mlp))
     assert (flow.attn_heads[:, torch.ones(T, T).triu(1).bool()] == 0).all()  # no future sources
-    tiny_chunks = compute_flow(model, view, chunk_elements=100)
+    tiny_chunks = compute_flow(model, view, chunk_elements=100, mlp_bias=mlp_bias)  # type: ignore[arg-type]
     torch.testing.assert_close(tiny_chunks.attn_heads, flow.attn_heads, atol=1e-6, rtol=0)
     half = compute_flow(model, view, head_dtype=torch.float16)
     assert half.attn_heads.dtype == torch.float16
     assert (half.attn_heads.float() - flow.attn_heads).abs().max() < 1e-3
 
 
-def test_flow_matches_the_explicit_decomposition(setup) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("mlp_bias", ["in_mlp", "separate"])
+def test_flow_matches_the_explicit_decomposition(setup, mlp_bias: str) -> None:  # type: ignore[no-untyped-def]
     _, model, _, view = setup
-    flow = compute_flow(model, view)
+    flow = compute_flow(model, view, mlp_bias=mlp_bias)  # type: ignore[arg-type]
     for layer in range(model.cfg.n_layers):
         i = T - 2
         imp = attention_decomposition(view, layer, i).importances()
         heads = imp[: (i + 1) * model.cfg.n_heads].view(i + 1, -1)
         torch.testing.assert_close(heads, flow.attn_heads[layer, i, : i + 1], atol=1e-6, rtol=0)
-        imp2 = mlp_decomposition(view, layer, i).importances()
-        assert abs(float(imp2[0] - flow.mlp[layer, i])) < 1e-6
+        dec = mlp_decomposition(view, layer, i, mlp_bias)
+        assert dec.sum_error() < 1e-5
+        assert len(dec.labels) == (3 if mlp_bias == "separate" and model.cfg.mlp_bias else 2)
+        assert abs(float(dec.importances()[0] - flow.mlp[layer, i])) < 1e-6
+
+
+def test_mlp_bias_convention_keeps_mlp_nodes_a_large_bias_would_drop() -> None:
+    """With a large b_out, "separate" gives the bias the MLP block's share and the MLP node
+    falls out of the routes; the paper's convention ("in_mlp", the default) keeps it."""
+    model = tiny_model("gpt2")
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mlp.fc_out.bias.mul_(40.0)
+    view = TraceView(model, record(model, tokens(T)))
+    default = compute_flow(model, view)
+    apart = compute_flow(model, view, mlp_bias="separate")
+    assert (default.mlp > apart.mlp).all()
+    kinds = {n.kind for n in default.routes(-1, 0.04).nodes}
+    assert "mlp" in kinds
+    assert "mlp" not in {n.kind for n in apart.routes(-1, 0.04).nodes}
+
+
+def test_unknown_mlp_bias_convention_is_a_clear_error(setup) -> None:  # type: ignore[no-untyped-def]
+    from lmscope.explain.errors import ExplainInputError
+
+    _, model, _, view = setup
+    with pytest.raises(ExplainInputError, match="mlp_bias must be 'in_mlp'"):
+        compute_flow(model, view, mlp_bias="paper")  # type: ignore[arg-type]
 
 
 # ---- the route graph -------------------------------------------------------------------------

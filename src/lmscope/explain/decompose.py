@@ -11,7 +11,9 @@ Attention block, layer l, target token i (whole = resid_mid[i]):
 
 MLP block, layer l, token i (whole = resid_post[i]):
     resid_post[i] = resid_mid[i] + (a_i @ W_out) + b_out
-    parts: the MLP output without bias, the incoming residual resid_mid[i], and b_out;
+    parts (default convention "in_mlp", the paper's): the MLP output with its bias and the
+    incoming residual resid_mid[i]; with convention "separate", the MLP output without bias,
+    resid_mid[i] and b_out (see `lmscope.explain.flow`);
     neuron attribution splits the MLP output into a_ik * W_out[k], one part per neuron.
 
 Parallel attention+MLP blocks (GPT-NeoX: resid_post = x + attn(ln1(x)) + mlp(ln2(x))) use the
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmscope.explain.flow import check_mlp_bias
 from lmscope.explain.proximity import importances, proximities
 from lmscope.explain.trace import TraceView
 
@@ -69,10 +72,13 @@ def attention_decomposition(view: TraceView, layer: int, target: int) -> Decompo
     return Decomposition(view.resid_mid(layer)[target], torch.cat(parts), labels)
 
 
-def mlp_decomposition(view: TraceView, layer: int, target: int) -> Decomposition:
-    """resid_post[target] as MLP output (no bias) + incoming residual resid_mid (+ bias)."""
+def mlp_decomposition(
+    view: TraceView, layer: int, target: int, mlp_bias: str = "in_mlp"
+) -> Decomposition:
+    """resid_post[target] as MLP output + incoming residual resid_mid; with
+    mlp_bias="separate", the output without its bias and the bias as a third part."""
     out = view.mlp_out(layer)[target]
-    bias = view.mlp_bias(layer)
+    bias = view.mlp_bias(layer) if check_mlp_bias(mlp_bias) == "separate" else None
     parts = [out - bias if bias is not None else out, view.resid_mid(layer)[target]]
     labels: list[tuple[object, ...]] = [("mlp",), ("residual",)]
     if bias is not None:

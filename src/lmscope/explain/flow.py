@@ -7,16 +7,24 @@ tokens sized by `chunk_elements`, so memory stays bounded for long prompts.
 
 The result, `FlowGraph`, is dense (one number per possible edge); `FlowGraph.routes` turns it
 into the sparse route graph of the tokens you ask about.
+
+MLP output bias (`mlp_bias`): by default ("in_mlp") the MLP block's output includes its bias
+b_out, as in the paper and LM-TT (Ferrando & Voita 2024), so resid_post = resid_mid + mlp_out
+has two parts and `FlowGraph.mlp_bias` is all zeros. "separate" makes b_out a third part of its
+own (the convention before this option): on models with large MLP biases (GPT-2, OPT, NeoX) it
+takes share from the MLP node, which can then fall below tau and drop out of the routes. The
+attention output bias b_O is always its own part (it is not any one head's).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from lmscope.explain.budget import ShouldStop, check_cancelled
+from lmscope.explain.errors import ExplainInputError
 from lmscope.explain.proximity import norm_order, normalise, proximity
 from lmscope.explain.results import JsonResult, rounded
 from lmscope.explain.trace import TraceView
@@ -27,6 +35,17 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 20
 LINEAR_BLOCK = 128  # target rows per matmul of the L1 kernel's linear term
 # Per-head importances above this many bytes are kept in float16 (documented in docs/explain.md).
 HEAD_FLOAT32_LIMIT = 256 << 20
+MlpBias = Literal["in_mlp", "separate"]
+MLP_BIAS_CONVENTIONS = ("in_mlp", "separate")
+
+
+def check_mlp_bias(convention: str) -> str:
+    if convention not in MLP_BIAS_CONVENTIONS:
+        raise ExplainInputError(
+            f"mlp_bias must be 'in_mlp' (the MLP output includes its bias, the default) or "
+            f"'separate' (the bias is its own part), got {convention!r}"
+        )
+    return convention
 
 
 @dataclass
@@ -234,6 +253,7 @@ def compute_flow(
     head_dtype: torch.dtype | None = None,
     token_strs: list[str] | None = None,
     should_stop: ShouldStop | None = None,
+    mlp_bias: MlpBias = "in_mlp",
 ) -> FlowGraph:
     """Importances of every block part, for every layer and token of a traced prompt.
 
@@ -242,8 +262,10 @@ def compute_flow(
     head_dtype: storage of the per-head importances; default float32, or float16 when the
         [L, T, T, H] tensor would exceed 256 MB (long prompts).
     should_stop: checked before every layer; True raises ExplanationCancelled.
+    mlp_bias: "in_mlp" (default, the paper's) or "separate"; see the module docstring.
     """
     norm_order(norm)
+    bias_apart = check_mlp_bias(mlp_bias) == "separate"
     view = trace if isinstance(trace, TraceView) else TraceView(model, trace)
     n_layers, n_tok, n_heads = view.n_layers, view.n_tokens, view.n_heads
     if head_dtype is None:
@@ -255,7 +277,7 @@ def compute_flow(
     attn_bias = torch.zeros(n_layers, n_tok)
     mlp = torch.zeros(n_layers, n_tok)
     mlp_resid = torch.zeros(n_layers, n_tok)
-    mlp_bias = torch.zeros(n_layers, n_tok)
+    mlp_bias_share = torch.zeros(n_layers, n_tok)
 
     with torch.no_grad():
         for layer in range(n_layers):
@@ -279,14 +301,14 @@ def compute_flow(
             # MLP block: whole = resid_post = resid_mid + mlp_out (parallel blocks too).
             post = view.resid_post(layer)
             out = view.mlp_out(layer)
-            b_out = view.mlp_bias(layer)
+            b_out = view.mlp_bias(layer) if bias_apart else None
             p_mlp = proximity(post, out - b_out if b_out is not None else out, norm)
             p_res = proximity(post, mid, norm)
             p_bias = proximity(post, b_out, norm) if b_out is not None else torch.zeros(n_tok)
             total2 = p_mlp + p_res + p_bias
             mlp[layer] = normalise(p_mlp, total2)
             mlp_resid[layer] = normalise(p_res, total2)
-            mlp_bias[layer] = normalise(p_bias, total2)
+            mlp_bias_share[layer] = normalise(p_bias, total2)
 
     return FlowGraph(
         tokens=view.tokens,
@@ -300,6 +322,7 @@ def compute_flow(
         attn_bias=attn_bias,
         mlp=mlp,
         mlp_resid=mlp_resid,
-        mlp_bias=mlp_bias,
+        mlp_bias=mlp_bias_share,
         token_strs=token_strs,
+        meta={"mlp_bias": mlp_bias},
     )
