@@ -255,3 +255,50 @@ def test_endpoint_backend_agrees_with_the_local_model(
             ]
         else:
             assert [r["output"] for r in ours["items"]] == [r["output"] for r in theirs["items"]]
+
+
+def test_torchrun_shards_give_the_single_process_results(
+    tiny_checkpoint: Path, task_file: Path, tmp_path: Path
+) -> None:
+    """`torchrun --nproc-per-node 2 lmscope eval ...` against one process, item by item."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    lmscope = shutil.which("lmscope", path=str(Path(sys.executable).parent))
+    assert lmscope is not None
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = tmp_path / "one"
+    subprocess.run(
+        [lmscope, "eval", str(tiny_checkpoint), str(task_file), "--out", str(one)],
+        check=True, env=env, capture_output=True,
+    )  # fmt: skip
+    two = tmp_path / "two"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", str(_free_port()), lmscope, "eval", str(tiny_checkpoint),
+         str(task_file), "--out", str(two)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    a = json.loads((one / "report.json").read_text())
+    b = json.loads((two / "report.json").read_text())
+    for ta, tb in zip(a["tasks"], b["tasks"], strict=True):
+        for ra, rb in zip(ta["items"], tb["items"], strict=True):
+            if "ll" in ra:
+                assert ra["ll"] == pytest.approx(rb["ll"], abs=1e-5)
+            else:
+                assert {k: v for k, v in ra.items() if k != "label_logliks"} == {
+                    k: v for k, v in rb.items() if k != "label_logliks"
+                }
+        for name, metric in ta["metrics"].items():
+            assert metric["value"] == pytest.approx(tb["metrics"][name]["value"], rel=1e-6)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -78,12 +78,28 @@ def _evaluate(
         tokenizer = endpoint_tokenizer(endpoint.tokenizer or model)
         lm = EndpointBackend(endpoint.url, model, tokenizer, endpoint.context, endpoint.api_key)
     else:
+        from lmscope.train.distributed import init_distributed
+
         lm = load(model)
+        info = init_distributed("cpu")
+        if info.enabled:  # started by torchrun: each process takes a share of the work
+            from lmscope.evaluate.backends import ShardedBackend
+
+            lm = ShardedBackend(lm, info)
     if limit is not None:
         specs = [s.model_copy(update={"limit": min(limit, s.limit or limit)}) for s in specs]
+    if not _is_main_process():
+        return run_tasks(lm, specs)
     progress, for_task = _progress_factory()
     with progress:
         return run_tasks(lm, specs, progress=for_task)
+
+
+def _is_main_process() -> bool:
+    """False in every torchrun process but rank 0 (which alone prints and writes)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -131,6 +147,8 @@ def eval_command(
     specs = _load_specs(tasks)
     served = Endpoint(endpoint, tokenizer, context, api_key) if endpoint else None
     report = _evaluate(model, specs, limit, threads, served)
+    if not _is_main_process():
+        return
     _print_report(report)
     for path in write_report(report, out, "report"):
         print(f"wrote {path}")

@@ -154,3 +154,39 @@ def endpoint_tokenizer(source: str) -> Any:
     if tokenizer is None:
         raise EvalError(f"{source} holds no tokenizer")
     return tokenizer
+
+
+class ShardedBackend(LocalBackend):
+    """A local model in each of several processes started by `torchrun`: every process scores
+    and completes its share of the work (every world_size-th item after sorting by length, so
+    shares cost about the same), then all shares are gathered in the original order, so each
+    process ends with the same results a single process computes."""
+
+    def __init__(self, lm: Any, info: Any) -> None:
+        super().__init__(lm)
+        self.dist = info
+
+    def _mine(self, n: int, key: Callable[[int], int]) -> list[int]:
+        order = sorted(range(n), key=key, reverse=True)
+        return order[self.dist.rank :: self.dist.world_size]
+
+    def _gather(self, n: int, mine: list[int], values: list[Any]) -> list[Any]:
+        from lmscope.train.distributed import gather_objects
+
+        out: list[Any] = [None] * n
+        for indices, results in gather_objects((mine, values), self.dist):
+            for index, value in zip(indices, results, strict=True):
+                out[index] = value
+        return out
+
+    def score(self, windows: Sequence[Window], progress: Progress | None) -> list[torch.Tensor]:
+        mine = self._mine(len(windows), lambda i: len(windows[i].inputs))
+        own = super().score([windows[i] for i in mine], progress if self.dist.is_main else None)
+        return self._gather(len(windows), mine, own)
+
+    def complete(
+        self, prompts: Sequence[str], max_tokens: int, temperature: float, stop: Sequence[str]
+    ) -> list[str]:
+        mine = self._mine(len(prompts), lambda i: len(prompts[i]))
+        own = super().complete([prompts[i] for i in mine], max_tokens, temperature, stop)
+        return self._gather(len(prompts), mine, own)
