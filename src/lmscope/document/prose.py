@@ -1,0 +1,49 @@
+"""Sections rewritten by a writer and checked sentence by sentence: a generated sentence with
+any unsupported claim is dropped and its template sentence kept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmscope.document.sections import SECTION_FACTS
+from lmscope.document.templates import NOTES
+from lmscope.document.verifier import index_facts, verify_sentence
+from lmscope.document.writer import Writer
+
+MIN_WORDS = 4
+
+
+def section_facts(facts: dict[str, Any], section_id: str) -> dict[str, Any]:
+    return {k: facts.get(k) for k in SECTION_FACTS.get(section_id, ()) if facts.get(k) is not None}
+
+
+def _plausible(text: str) -> bool:
+    words = text.split()
+    return len(words) >= MIN_WORDS and text[-1:] in ".!" and text.isprintable()
+
+
+def write_prose(
+    facts: dict[str, Any], sections: list[dict[str, Any]], writer: Writer
+) -> dict[str, Any]:
+    """Rewrite `sections` in place; returns per-section counts of generated and kept sentences."""
+    stats: dict[str, Any] = {"writer": writer.name, "sections": {}}
+    for section in sections:
+        subset = section_facts(facts, section["id"])
+        templates = [s["text"] for s in section["sentences"]]
+        vocabulary = " ".join([*templates, *NOTES.values(), section["title"]])
+        index = index_facts(subset, vocabulary)
+        generated = writer.rewrite(section["title"], subset, templates) if templates else []
+        kept = 0
+        for sentence, text in zip(section["sentences"], generated, strict=False):
+            text = text.strip()
+            if not _plausible(text):
+                sentence["rejected"] = {"text": text, "why": ["not a sentence"]}
+                continue
+            verdict = verify_sentence(text, index)
+            if verdict.supported:
+                sentence.update(text=text, origin="llm", template=sentence["text"])
+                kept += 1
+            else:
+                sentence["rejected"] = {"text": text, "why": verdict.unsupported}
+        stats["sections"][section["id"]] = {"generated": len(templates), "kept": kept}
+    return stats
