@@ -40,7 +40,7 @@ MAP_TOKENS = 128  # full T x T head maps are embedded up to this many tokens...
 MAP_HEADS = 12  # ...for at most this many heads (the top ones of the explorable positions)
 MAX_LENS_NODES = 1000  # lens rows of route nodes at other positions
 NEURONS_PER_LAYER = 3
-MAX_NEURON_PROJECTIONS = 1000  # vocabulary projections of neuron output rows (the most important)
+MAX_NEURON_PROJECTIONS = 2000  # vocabulary projections of neuron output rows (the most important)
 K = 5  # tokens per list
 # Gradient x input at every explorable position while parameters x tokens x positions stays
 # under this (one backward pass each); above, only at the explained position.

@@ -279,7 +279,8 @@ export function renderGraph(svg, routes, opts) {
   const maxChars = Math.max(3, Math.floor((L.col - 8) / 7.1));
   const labelStep = L.col >= 26 ? 1 : Math.ceil(26 / L.col);
   tokenStrs.forEach((text, p) => {
-    if (p % labelStep !== 0 && p !== target) return;
+    // every labelStep-th column, and the target (whose neighbours then make room for it)
+    if (p !== target && (p % labelStep !== 0 || Math.abs(p - target) < labelStep)) return;
     let shown = labelStep > 1 ? String(p) : showToken(text);
     if (shown.length > maxChars && labelStep === 1) shown = `${shown.slice(0, maxChars - 1)}…`;
     const cls = `col-label${p === target ? " target" : ""}`;
