@@ -50,6 +50,26 @@ def _tokenizer_facts(tokenizer: Any, cfg: Any) -> dict[str, Any] | None:
     }
 
 
+def _stored_count(facts: dict[str, Any], source: Path | None) -> None:
+    """A Hugging Face directory's own count becomes the total when it differs from the
+    converted model's (the canonical count is kept beside it, with the difference)."""
+    from lmscope.zoo.checkpoint import is_checkpoint
+
+    if source is None or not source.is_dir() or is_checkpoint(source):
+        return
+    from lmscope.document.stored import stored_parameters
+
+    stored = stored_parameters(source)
+    params = facts["overview"]["parameters"]
+    if stored is not None and stored != params["total"]:
+        params["canonical_total"] = params["total"]
+        params["total"] = stored
+        params["note"] = (
+            f"the source files hold {stored - params['canonical_total']} parameters the "
+            "converted model does not use (e.g. OPT's reserved position rows)"
+        )
+
+
 def loaded_facts(
     loaded: Any,
     *,
@@ -80,6 +100,7 @@ def loaded_facts(
         "checksum": None,
         "tokenizer": _tokenizer_facts(loaded.tokenizer, cfg),
     }
+    _stored_count(facts, source)
     facts["layers"] = canonical_layers(model, positions)
     facts["architecture"] = architecture_choices(cfg)
     problems: list[str] = facts["problems"]

@@ -111,6 +111,9 @@ def _runnable_from_config(config: dict[str, Any], facts: dict[str, Any]) -> None
     with torch.device("meta"):
         model = Transformer(cfg)
     counts = model.parameter_counts()
+    if config.get("model_type") == "opt":  # HF keeps 2 reserved rows in OPT's position table
+        counts["pos_embed"] = counts.get("pos_embed", 0) + 2 * cfg.d_model
+        counts["total"] += 2 * cfg.d_model
     facts["overview"].update(
         family=cfg.architecture, task=TASK, context_length=cfg.n_ctx, vocab_size=cfg.vocab_size,
         parameters={"total": counts["total"], "by_component": component_parameters(counts),
