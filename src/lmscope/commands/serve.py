@@ -41,7 +41,18 @@ def serve(
         help="Model to serve: NAME_OR_PATH or ID=NAME_OR_PATH; repeat for several.",
     ),
     route: list[str] = typer.Option(
-        [], "--route", help="Weighted alias, e.g. chat=v1:0.8,v2:0.2 (A/B routing)."
+        [],
+        "--route",
+        help="Weighted alias, e.g. chat=v1:0.8,v2:0.2: an A/B test (users stay on one version).",
+    ),
+    shadow: list[str] = typer.Option(
+        [], "--shadow", help="ALIAS=ID: ID also answers the alias's requests, logged, not returned."
+    ),
+    feedback_db: str | None = typer.Option(
+        None,
+        "--feedback-db",
+        help="Store of answers and feedback: sqlite:///PATH or postgresql://... (default with "
+        "--route: experiments.sqlite3 in the lmscope cache).",
     ),
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8000, help="Port to bind."),
@@ -94,6 +105,8 @@ def serve(
     settings = ServeSettings(
         models=[parse_model_spec(m) for m in model],
         routes=list(route),
+        shadows=list(shadow),
+        feedback_db=feedback_db,
         api_key=api_key or os.environ.get("LMSCOPE_API_KEY") or None,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         max_batch=max_batch,

@@ -64,8 +64,15 @@ class Experiments:
         """Store one answered request (off the event loop; committed when this returns)."""
         await asyncio.to_thread(self.store.record_response, record)
 
-    def record_later(self, record: ResponseRecord) -> None:
-        task = asyncio.ensure_future(self.record(record))
+    def complete_later(
+        self, response_id: str, latency_s: float, tokens_in: int, tokens_out: int, status: int
+    ) -> None:
+        """Fill in the outcome of a recorded response without holding up the request."""
+        error = None if status < 400 else f"HTTP {status}"
+        work = asyncio.to_thread(
+            self.store.complete_response, response_id, latency_s, tokens_in, tokens_out, error
+        )
+        task = asyncio.ensure_future(work)
         self._pending.add(task)
         task.add_done_callback(self._done)
 

@@ -60,6 +60,10 @@ class ResponseRecord:
 class FeedbackStore(Protocol):
     def start_experiment(self, alias: str, weights: dict[str, float]) -> None: ...
     def record_response(self, record: ResponseRecord) -> None: ...
+    def complete_response(
+        self, response_id: str, latency_s: float, prompt_tokens: int, completion_tokens: int,
+        error: str | None,
+    ) -> None: ...  # fmt: skip
     def add_feedback(
         self, feedback_id: str, response_id: str, kind: str, value: float, satisfaction: float,
         comment: str | None,
@@ -95,6 +99,24 @@ class _SQLStore:
         self._execute(
             self._sql(f"INSERT INTO responses ({', '.join(RESPONSE_FIELDS)}) VALUES ({marks})"),
             values,
+        )
+
+    def complete_response(
+        self,
+        response_id: str,
+        latency_s: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        error: str | None,
+    ) -> None:
+        """Fill in how a recorded response went, once it has (its row exists from the start,
+        so feedback that arrives before this is still accepted)."""
+        self._execute(
+            self._sql(
+                "UPDATE responses SET latency_s = ?, prompt_tokens = ?, completion_tokens = ?, "
+                "error = ? WHERE id = ?"
+            ),
+            (latency_s, prompt_tokens, completion_tokens, error, response_id),
         )
 
     def add_feedback(

@@ -36,6 +36,12 @@ class ServerMetrics:
             ["route", "status"],
             registry=r,
         )
+        self.ab_requests = Counter(
+            "lmscope:ab_requests",
+            "Answers by experiment alias (empty: none), version and outcome",
+            ["alias", "model_name", "outcome"],
+            registry=r,
+        )
         self.request_success = Counter(
             "lmscope:request_success",
             "Finished generation requests by finish reason",

@@ -207,3 +207,28 @@ class AccessLog:
             }
             self.metrics.requests.labels(route=route_label(scope), status=str(status)).inc()
             access_log.info(json.dumps(record))
+            _complete_experiment(scope, state, record, status, self.metrics)
+
+
+def _complete_experiment(
+    scope: Scope, state: dict[str, Any], record: dict[str, Any], status: int, metrics: ServerMetrics
+) -> None:
+    """An answer recorded for an A/B test gets its latency, tokens and outcome, and counts in
+    the per-version metrics."""
+    tag = state.get("experiment")
+    app = scope.get("app")
+    experiments = getattr(getattr(app, "state", None), "lm", None)
+    experiments = getattr(experiments, "experiments", None)
+    if tag is None or experiments is None:
+        return
+    outcome = "ok" if status < 400 else "error"
+    metrics.ab_requests.labels(
+        alias=tag["alias"] or "", model_name=tag["model"], outcome=outcome
+    ).inc()
+    experiments.complete_later(
+        tag["response_id"],
+        record["latency_ms"] / 1000,
+        int(record.get("tokens_in", 0)),
+        int(record.get("tokens_out", 0)),
+        status,
+    )

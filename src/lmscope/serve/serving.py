@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -218,6 +218,50 @@ def note(request: Request, served: ServedModel, prompt_tokens: int, completion_t
         "tokens_in": prompt_tokens,
         "tokens_out": completion_tokens,
     }
+
+
+def experiment_user(request: Request, body: Any) -> str | None:
+    """Who is asking, for sticky A/B assignment: the OpenAI `user` field, else a header."""
+    from lmscope.serve.experiments import USER_HEADER
+
+    return getattr(body, "user", None) or request.headers.get(USER_HEADER) or None
+
+
+async def start_experiment(
+    request: Request, state: ServerState, served: ServedModel, alias: str | None,
+    user: str | None, response_id: str,
+) -> None:  # fmt: skip
+    """Record the answer's id, version and alias before generating (so feedback can name it at
+    once); the access log fills in latency, tokens and errors when the response ends."""
+    experiments = state.experiments
+    if experiments is None:
+        return
+    from lmscope.serve.experiments import user_hash
+    from lmscope.serve.feedback import ResponseRecord
+
+    await experiments.record(ResponseRecord(response_id, alias, served.id, user_hash(user)))
+    request.state.experiment = {"response_id": response_id, "alias": alias, "model": served.id}
+
+
+async def shadow_answer(
+    state: ServerState, model_id: str, prompts: list[list[int]], jobs: list[Job]
+) -> tuple[str, int, int]:
+    """The shadow version's answer to the same prompts (same sampling, no constraints):
+    (text of the first choice, prompt tokens, completion tokens)."""
+    served = state.models[model_id]
+    shadow_jobs = [
+        Job(
+            job.choice, prompts[min(i, len(prompts) - 1)], replace(job.params, logits_processors=())
+        )
+        for i, job in enumerate(jobs)
+    ]
+    texts: dict[int, list[str]] = {}
+    counts: dict[int, int] = {}
+    async for choice, event in run_jobs(served, shadow_jobs, state.settings.request_timeout):
+        texts.setdefault(choice, []).append(event.text)
+        counts[choice] = max(counts.get(choice, 0), event.completion_tokens)
+    prompt_tokens = sum(len(p) for p in prompts)
+    return "".join(texts.get(0, [])), prompt_tokens, sum(counts.values())
 
 
 async def _watch_disconnect(request: Request, task: asyncio.Future[Any]) -> None:

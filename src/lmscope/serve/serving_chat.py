@@ -36,12 +36,15 @@ from lmscope.serve.serving import (
     check_capacity,
     check_fits,
     check_logit_bias,
+    experiment_user,
     first_then_rest,
     json_logprob,
     note,
     run_jobs,
     sampling_params,
     server_state,
+    shadow_answer,
+    start_experiment,
     streaming_response,
     unless_disconnected,
 )
@@ -122,7 +125,8 @@ class OpenAIServingChat:
 
     async def create(self) -> ChatCompletionResponse | StreamingResponse:
         body = self.body
-        served = self.state.resolve(body.model)
+        user = experiment_user(self.request, body)
+        served, alias = self.state.assign(body.model, user)
         check_capacity(served, body.n)  # before any tokenizing
         check_logit_bias(served, body)
         plan = await _plan(served, body)
@@ -145,10 +149,25 @@ class OpenAIServingChat:
             )
             for c in range(body.n)
         ]
+        await start_experiment(self.request, self.state, served, alias, user, self.id)
+        self._shadow(alias, jobs, plan)
         if body.stream:
             chunks = await first_then_rest(self._stream(served, jobs, plan))
             return streaming_response(chunks, served)
         return await unless_disconnected(self.request, self._whole(served, jobs, plan))
+
+    def _shadow(self, alias: str | None, jobs: list[Job], plan: Any) -> None:
+        """The alias's shadow version answers the same messages in the background."""
+        experiments = self.state.experiments
+        if experiments is None:
+            return
+
+        async def run(model_id: str) -> tuple[str, int, int]:
+            shadow = self.state.models[model_id]
+            prompt = await chat_prompt(shadow, self.body.messages, _renderer(plan))
+            return await shadow_answer(self.state, model_id, [prompt], jobs[:1])
+
+        experiments.shadow(alias, self.id, run)
 
     def _chunk(
         self,

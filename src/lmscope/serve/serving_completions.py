@@ -24,12 +24,15 @@ from lmscope.serve.serving import (
     check_capacity,
     check_fits,
     check_logit_bias,
+    experiment_user,
     first_then_rest,
     json_logprob,
     note,
     run_jobs,
     sampling_params,
     server_state,
+    shadow_answer,
+    start_experiment,
     streaming_response,
     token_text,
     unless_disconnected,
@@ -79,7 +82,8 @@ class OpenAIServingCompletion:
 
     async def create(self) -> CompletionResponse | StreamingResponse:
         body = self.body
-        served = self.state.resolve(body.model)
+        user = experiment_user(self.request, body)
+        served, alias = self.state.assign(body.model, user)
         max_tokens = body.max_new_tokens()
         count = _prompt_count(body)
         check_capacity(served, count * body.n, "n" if body.n > 1 else "prompt")  # before tokenizing
@@ -97,10 +101,25 @@ class OpenAIServingCompletion:
             for i, prompt in enumerate(prompts)
             for j in range(body.n)
         ]
+        await start_experiment(self.request, self.state, served, alias, user, self.id)
+        self._shadow(alias, jobs)
         if body.stream:
             chunks = await first_then_rest(self._stream(served, jobs))
             return streaming_response(chunks, served)
         return await unless_disconnected(self.request, self._whole(served, jobs))
+
+    def _shadow(self, alias: str | None, jobs: list[Job]) -> None:
+        """The alias's shadow version answers the same prompts in the background."""
+        experiments = self.state.experiments
+        if experiments is None:
+            return
+
+        async def run(model_id: str) -> tuple[str, int, int]:
+            shadow = self.state.models[model_id]
+            prompts = await completion_prompts(shadow, self.body.prompt)
+            return await shadow_answer(self.state, model_id, prompts, jobs[:: self.body.n])
+
+        experiments.shadow(alias, self.id, run)
 
     def _chunk(self, served: ServedModel, choice: int, text: str, finish: Any) -> CompletionChunk:
         return CompletionChunk(

@@ -14,6 +14,7 @@ import torch
 from lmscope.engine import PREFILL_CHUNK, Engine
 from lmscope.model.prepacked import optimize_for_decoding
 from lmscope.serve.errors import APIError
+from lmscope.serve.experiments import Experiments, parse_shadows
 from lmscope.serve.metrics import ServerMetrics
 from lmscope.serve.routing import ModelSpec, Router, RoutingError, parse_routes
 
@@ -38,6 +39,10 @@ class ServeSettings:
     explain_workers: int = 1
     prepack: bool = True  # optimize_for_decoding: faster CPU decoding, one more weight copy
     prefill_chunk: int = PREFILL_CHUNK
+    # Online A/B: where answers and feedback are stored (default: a SQLite file in the cache
+    # when there are --route aliases), and which version shadows which alias.
+    feedback_db: str | None = None
+    shadows: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -68,11 +73,11 @@ class ServerState:
         known = set(ids)
         routes = parse_routes(list(settings.routes), known)
         self.router = Router(ids, routes)
+        self.experiments = self._open_experiments(settings, routes, known)
         self.models: dict[str, ServedModel] = {}
         self.ready = threading.Event()
         self.load_error: str | None = None  # for the log and the CLI, never sent to clients
         self.on_load_error = on_load_error
-        self.explain_lock = threading.Semaphore(max(1, settings.explain_workers))
 
     def load_all(self) -> None:
         """Load every model and start its engine (runs on a background thread)."""
@@ -111,18 +116,41 @@ class ServerState:
             if self.on_load_error is not None:
                 self.on_load_error(self.load_error)
 
+    @staticmethod
+    def _open_experiments(
+        settings: ServeSettings, routes: dict[str, Any], known: set[str]
+    ) -> Experiments | None:
+        """The experiment store when there is something to record: an alias route or an
+        explicit --feedback-db (then every answer can be rated)."""
+        shadows = parse_shadows(list(settings.shadows), routes, known)
+        if not routes and settings.feedback_db is None:
+            return None
+        url = settings.feedback_db
+        if url is None:
+            from lmscope.zoo.default import cache_root
+
+            url = str(cache_root() / "experiments.sqlite3")
+        return Experiments.open(url, routes, shadows)
+
     def shutdown(self) -> None:
         for served in self.models.values():
             served.engine.stop()
+        if self.experiments is not None:
+            self.experiments.close()
 
     def resolve(self, requested: str | None) -> ServedModel:
+        return self.assign(requested, None)[0]
+
+    def assign(self, requested: str | None, user: str | None) -> tuple[ServedModel, str | None]:
+        """The model that answers `requested` for `user`, and the experiment alias, if any
+        (an alias assigns a user to one version stickily)."""
         if not self.ready.is_set():
             raise APIError(
                 503,
                 "the server is still loading its models; retry shortly",
                 headers={"Retry-After": "2"},
             )
-        model_id = self.router.resolve(requested)
+        model_id = self.router.resolve(requested, user)
         if model_id is None:
             raise APIError(
                 404,
@@ -130,4 +158,5 @@ class ServerState:
                 param="model",
                 code="model_not_found",
             )
-        return self.models[model_id]
+        alias = requested if requested in self.router.routes else None
+        return self.models[model_id], alias
