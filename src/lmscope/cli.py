@@ -50,6 +50,10 @@ def _register() -> None:
 
     evaluate.register(app)
 
+    from lmscope.commands import ab
+
+    ab.register(app)
+
 
 def main() -> None:
     prepare_environment()
