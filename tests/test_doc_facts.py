@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_doc_support import eval_report, tiny_checkpoint, trained_checkpoint
 
 from lmscope.document.errors import DocError
 from lmscope.document.facts import attention_core_macs, loaded_facts
@@ -16,6 +15,7 @@ from lmscope.document.probe import induction_scores
 from lmscope.document.schema import FACTS_SCHEMA_VERSION, check_facts, schema_errors
 from lmscope.document.sources import collect_facts
 from lmscope.zoo.registry import load
+from test_doc_support import eval_report, tiny_checkpoint, trained_checkpoint
 
 
 @pytest.fixture(autouse=True)

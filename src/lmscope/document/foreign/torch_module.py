@@ -1,5 +1,6 @@
 """Facts of a PyTorch nn.Module given as `package.module:factory` (opt-in: this imports and
-runs user code). Shapes come from one forward pass on zeros of `--input-shape`, if given."""
+runs user code). Shapes come from one forward pass on zeros of `--input-shape`, if given;
+multiply-adds are per example (divided by the first dimension, the batch)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def module_facts(spec: str, input_shape: list[int] | None) -> dict[str, Any]:
         run = functools.partial(built, example)
 
     try:
-        rows = layer_table(built, run, 1)
+        rows = layer_table(built, run, input_shape[0] if input_shape else 1)
     except (RuntimeError, TypeError, ValueError) as err:
         raise DocError(f"{spec} failed on an input of shape {input_shape}: {err}") from None
     total, trainable = total_parameters(built)
