@@ -65,8 +65,8 @@ def test_explorable_positions() -> None:
 
 
 def test_every_explorable_position_has_every_section(result) -> None:  # type: ignore[no-untyped-def]
-    data = report_data(result, targets=[3, 7])
-    assert data["targets"] == sorted({3, 7, result.target})
+    data = report_data(result, targets=[3, 7, -2])
+    assert data["targets"] == sorted({3, 7, len(PROMPT) - 2, result.target})
     for t in data["targets"]:
         here = data["per_target"][str(t)]
         assert here["prediction"] and here["trajectory"]["position"] == t
@@ -89,3 +89,8 @@ def test_neuron_projections_in_one_batch_equal_one_at_a_time(result) -> None:  #
     assert batch[2].source == f"L{result.n_layers - 1}N0"
     with pytest.raises(ExplainInputError, match="neuron 999 is out of range"):
         promoted_by_neurons(result.model_ref, result.view, [(0, 1), (1, 999)])
+
+
+def test_a_report_target_out_of_range_is_one_clear_error(result) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ExplainInputError, match="report target position 99 is out of range"):
+        report_data(result, targets=[2, 99])

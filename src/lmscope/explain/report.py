@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lmscope.explain.errors import check_position
 from lmscope.explain.heads import head_importance, top_heads
 from lmscope.explain.lens import (
     lens_table,
@@ -225,7 +226,11 @@ def report_data(ex: Explanation, targets: list[int] | None = None) -> dict[str, 
     """The JSON the report page embeds. targets: the explorable positions (default: all of a
     prompt up to REPORT_TARGETS tokens, else the window ending at the explained token)."""
     assert ex.flow is not None
-    chosen = explorable(ex.flow.n_tokens, ex.target) if targets is None else sorted(set(targets))
+    n_tokens = ex.flow.n_tokens
+    if targets is None:
+        chosen = explorable(n_tokens, ex.target)
+    else:
+        chosen = sorted({check_position(t, n_tokens, "report target") for t in targets})
     if ex.target not in chosen:
         chosen = sorted([*chosen, ex.target])
     per_target = _per_target(ex, chosen)
