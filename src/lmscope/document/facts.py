@@ -50,6 +50,18 @@ def _tokenizer_facts(tokenizer: Any, cfg: Any) -> dict[str, Any] | None:
     }
 
 
+def display_name(name: str) -> str:
+    """A model's name for a card: a registered name as is, a path by its last part(s)
+    (`runs/tiny/model` -> `tiny/model`, since trainers call every final model `model`)."""
+    path = Path(name)
+    if len(path.parts) <= 1:
+        return name
+    parts = path.resolve().parts
+    if path.name in ("model", "final", "merged") or path.name.startswith("step-"):
+        return "/".join(parts[-2:])
+    return parts[-1]
+
+
 def _stored_count(facts: dict[str, Any], source: Path | None) -> None:
     """A Hugging Face directory's own count becomes the total when it differs from the
     converted model's (the canonical count is kept beside it, with the difference)."""
@@ -81,7 +93,7 @@ def loaded_facts(
     model: Transformer = loaded.model
     cfg = model.cfg
     source = Path(loaded.source) if loaded.source else None
-    facts = new_facts(loaded.name, "lmscope", loaded.source, True)
+    facts = new_facts(display_name(loaded.name), "lmscope", loaded.source, True)
     counts = model.parameter_counts()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     facts["overview"] = {

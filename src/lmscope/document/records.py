@@ -119,7 +119,7 @@ def training_facts(record: dict[str, Any]) -> dict[str, Any]:
         },
         "finetune": {
             "strategy": strategy,
-            "init_from": finetune.get("init_from") or record.get("model_source"),
+            "init_from": finetune.get("init_from"),
             "lora": lora,
             "freeze_layers": finetune.get("freeze_layers"),
             "freeze_embeddings": finetune.get("freeze_embeddings"),
