@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,11 @@ from lmscope.tune.search import Search
 from lmscope.tune.storage import open_storage, retry_callback
 from lmscope.tune.study import Heartbeat, claim, open_study
 from lmscope.tune.trial import TrialOutcome, run_trial, write_outcome
+
+
+def worker_id() -> str:
+    return f"{os.uname().nodename}:{os.getpid()}"
+
 
 _TELL = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED}
 
@@ -65,7 +71,6 @@ def record(
         "overhead_s": round(overhead_s, 4),
         "seed": outcome.seed,
         "out_dir": outcome.out_dir,
-        "worker": f"{os.uname().nodename}:{os.getpid()}",
         "error": outcome.error,
         "curve": outcome.intermediate,
     }
@@ -121,7 +126,9 @@ def run_worker(
         trial_id = claim(study, storage)
         if trial_id is None:
             if search.budget.trials is None:
-                trial = study.ask()
+                with warnings.catch_warnings():  # "heartbeats are meant for optimize()": we beat
+                    warnings.simplefilter("ignore")
+                    trial = study.ask()
             elif study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 time.sleep(min(search.heartbeat_s, 2))
                 continue
@@ -129,6 +136,7 @@ def run_worker(
                 break
         else:
             trial = optuna.Trial(study, trial_id)
+        trial.set_user_attr("worker", worker_id())
         with Heartbeat(storage, trial._trial_id, search.heartbeat_s):
             outcome = run_trial(search, trial, search.study_dir)
             record(study, trial, outcome, time.perf_counter() - tick - outcome.train_s)
