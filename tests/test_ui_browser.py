@@ -171,6 +171,13 @@ LONG_PROMPT = " ".join(["the quick brown fox jumps over the lazy dog"] * 6)  # ~
 def test_long_prompt_opens_at_the_target_and_fits(page: Any) -> None:
     set_tau(page, 0.002)
     explain_prompt(page, LONG_PROMPT)
+    # the token strip scrolled to the target too
+    visible = page.evaluate(
+        """() => { const bar = document.getElementById('tokens').getBoundingClientRect();
+                   const t = document.querySelector('#tokens .tok.target').getBoundingClientRect();
+                   return t.top >= bar.top && t.bottom <= bar.bottom; }"""
+    )
+    assert visible
     check_scroll_and_fit(page, "07-long-prompt")
 
 

@@ -73,6 +73,12 @@ export function renderTokens(box, tokenStrs, opts = {}) {
       }),
     ),
   );
+  const chip = box.querySelector(".tok.target");
+  if (chip) {
+    // scroll the strip itself (never the page) so that the target is in view
+    const top = chip.getBoundingClientRect().top - box.getBoundingClientRect().top;
+    if (top < 0 || top + chip.offsetHeight > box.clientHeight) box.scrollTop += top - (box.clientHeight - chip.offsetHeight) / 2;
+  }
   return box;
 }
 
