@@ -69,25 +69,36 @@ def set_controls(page: Any, tau: float, renormalise: bool) -> None:
     page.set_checked("#renormalise", renormalise)
 
 
-def test_report_routes_match_build_routes(browser: Any, report: Path, result) -> None:  # type: ignore[no-untyped-def]
-    """For several targets, thresholds and both weightings, the edges the report draws are
-    build_routes' edges with its weights."""
-    page, errors = open_report(browser, report)
-    assert result.flow is not None
-    for target in (len(PROMPT) - 1, 9, 7):
+def check_routes(page: Any, ex: Any, targets: tuple[int, ...], taus: tuple[float, ...]) -> None:
+    """For each target, threshold and weighting, the edges the report draws are build_routes'
+    edges with its weights."""
+    for target in targets:
         page.click(f"#tokens .tok[data-position='{target}']")
         page.wait_for_selector(f"#tokens .tok.target[data-position='{target}']")
-        for tau in (0.01, 0.03, 0.12):
+        for tau in taus:
             for renormalise in (False, True):
                 set_controls(page, tau, renormalise)
                 drawn = dict(drawn_links(page))
-                routes = build_routes(result.flow, target, tau, renormalise=renormalise)
+                routes = build_routes(ex.flow, target, tau, renormalise=renormalise)
                 expected = {f"{e.source}>{e.target}>{e.kind}": e.weight for e in routes.edges}
                 assert sorted(drawn) == sorted(expected), (target, tau, renormalise)
                 for key, weight in drawn.items():
                     assert weight == pytest.approx(expected[key], abs=2e-5), key
                 nodes = int(page.get_attribute("#graph", "data-nodes") or 0)
                 assert nodes == len(routes.nodes)
+
+
+def test_report_routes_match_build_routes(browser: Any, report: Path, result) -> None:  # type: ignore[no-untyped-def]
+    page, errors = open_report(browser, report)
+    check_routes(page, result, (len(PROMPT) - 1, 9, 7), (0.01, 0.03, 0.12))
+    assert not errors, errors
+
+
+def test_report_routes_of_a_parallel_block_model(browser: Any, tmp_path: Path) -> None:
+    """Attention and MLP side by side: mlp_in edges leave resid_pre, not resid_mid."""
+    ex = explain(FakeLoaded("tiny-neox", tiny_model("neox_parallel"), CharTokenizer()), PROMPT)
+    page, errors = open_report(browser, ex.save(tmp_path / "parallel.html"))
+    check_routes(page, ex, (len(PROMPT) - 1, 12), (0.01, 0.05))
     assert not errors, errors
 
 
