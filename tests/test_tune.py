@@ -326,3 +326,21 @@ def test_cli_reports_user_mistakes_in_one_line(data_dir: Path, tmp_path: Path) -
     assert (tmp_path / "study" / "report" / "best.yaml").is_file()
     assert math.isfinite(json.loads((tmp_path / "study" / "report" / "study.json").read_text())
                          ["best"][0]["values"][0])  # fmt: skip
+
+
+def test_example_search_files_load_and_give_valid_trial_configs(tmp_path: Path) -> None:
+    from lmscope.tune.search import load_search
+    from lmscope.tune.trial import trial_config
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    tiny = load_search(examples / "search_tiny.yaml")
+    assert len(tiny.space.grid()) == 48 and tiny.budget.trials == 20
+    lora = load_search(examples / "search_lora.yaml")
+    values = {"finetune": "lora", "finetune.lora.r": 8, "finetune.lora.alpha": 32.0,
+              "optim.lr": 1e-4}  # fmt: skip
+    config = trial_config(lora, lora.space.overrides(values), tmp_path, seed=3)
+    assert config.finetune.lora is not None and config.finetune.lora.r == 8
+    assert config.finetune.freeze_layers == 0 and config.train.seed == 3
+    full = trial_config(lora, lora.space.overrides({"finetune": "full", "optim.lr": 1e-4}),
+                        tmp_path, seed=3)  # fmt: skip
+    assert full.finetune.lora is None and full.finetune.freeze_layers == 24

@@ -81,7 +81,7 @@ def open_storage(url: str, heartbeat_s: int, grace_s: int, max_retry: int) -> RD
         except (OSError, sqlite3.Error) as err:
             raise TuneError(f"cannot open the study database {url}: {err}") from None
     try:
-        return RDBStorage(
+        storage = RDBStorage(
             url,
             engine_kwargs=_engine_kwargs(url),
             heartbeat_interval=heartbeat_s,
@@ -97,6 +97,21 @@ def open_storage(url: str, heartbeat_s: int, grace_s: int, max_retry: int) -> RD
             f"cannot reach storage {safe_url(url)}: {first}; check the URL and that the "
             "database server is running"
         ) from None
+    if url.startswith("sqlite"):
+        _sync_normal(storage)
+    return storage
+
+
+def _sync_normal(storage: RDBStorage) -> None:
+    """WAL with synchronous=NORMAL: a commit no longer waits for the disk (a power cut may lose
+    the last commits, never corrupt the file); trials write a handful of small commits each."""
+    from sqlalchemy import event
+
+    def on_connect(connection: Any, record: Any) -> None:
+        connection.execute("PRAGMA synchronous=NORMAL")
+
+    event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()  # connections made before the listener reopen with it
 
 
 def is_remote(url: str) -> bool:
