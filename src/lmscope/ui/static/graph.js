@@ -116,9 +116,15 @@ export function layout(tokenStrs, nLayers, box, zoom = 1, fit = false) {
     return (rowY(2 * layer + 1) + rowY(2 * layer + 2)) / 2; // mlp
   };
   const mlpOffset = Math.min(18, col * 0.27);
+  const points = new Map(); // node id -> [x, y], rounded to 0.1 px (shorter path strings)
   const point = (id) => {
-    const p = parseNode(id);
-    return [x(p.position) + (p.kind === "mlp" ? mlpOffset : 0), y(p.kind, p.layer)];
+    let pt = points.get(id);
+    if (!pt) {
+      const p = parseNode(id);
+      pt = [Math.round(10 * (x(p.position) + (p.kind === "mlp" ? mlpOffset : 0))) / 10, Math.round(10 * y(p.kind, p.layer)) / 10];
+      points.set(id, pt);
+    }
+    return pt;
   };
   const radius = Math.max(1, Math.min(4.2, row * 0.27, col * 0.3));
   return { col, row, rows, width, height, rowY, x, y, point, radius, left: LEFT };
@@ -128,13 +134,14 @@ export function layout(tokenStrs, nLayers, box, zoom = 1, fit = false) {
 function edgeCurve(e, L) {
   const [x1, y1] = L.point(e.source);
   const [x2, y2] = L.point(e.target);
+  const r = (v) => Math.round(10 * v) / 10;
   if (e.kind === "self_attention") {
     const bend = Math.min(16, L.col * 0.3);
-    return [x1, y1, x1 - bend, y1 - L.row * 0.35, x2 - bend, y2 + L.row * 0.35, x2, y2];
+    return [x1, y1, r(x1 - bend), r(y1 - L.row * 0.35), r(x2 - bend), r(y2 + L.row * 0.35), x2, y2];
   }
   if (e.kind === "attention") {
-    const dy = (y1 - y2) * 0.55;
-    return [x1, y1, x1, y1 - dy, x2, y2 + dy, x2, y2];
+    const dy = r((y1 - y2) * 0.55);
+    return [x1, y1, x1, r(y1 - dy), x2, r(y2 + dy), x2, y2];
   }
   return [x1, y1, x1, y1, x2, y2, x2, y2];
 }
@@ -303,7 +310,7 @@ export function renderGraph(svg, routes, opts) {
   const links = routes.links;
   const curves = links.map((e) => edgeCurve(e, L));
   const groups = new Map();
-  const blockOf = (id) => Math.floor(parseNode(id).position / BLOCK);
+  const blockOf = (id) => Math.floor(Number(id.slice(id.lastIndexOf("/") + 1)) / BLOCK);
   links.forEach((e, i) => {
     const key = `${CLASS_OF[e.kind]}:${strokeBucket(e.weight)}:${blockOf(e.target)}`;
     if (!groups.has(key)) groups.set(key, []);
@@ -378,11 +385,12 @@ export function renderGraph(svg, routes, opts) {
     });
     return best;
   };
-  const index = new Map(links.map((e, i) => [edgeKey(e), i]));
+  let keys = null; // edge key -> index, built on first use
+  const indexOf = (key) => (keys ??= new Map(links.map((e, i) => [edgeKey(e), i]))).get(key);
   const outline = (key, cls) => {
     if (!key) return null;
-    if (index.has(key)) {
-      const i = index.get(key);
+    const i = indexOf(key);
+    if (i !== undefined) {
       const s = bucketStyle(strokeBucket(links[i].weight));
       return svgEl("path", { class: `${cls} edge-outline`, d: curvePath(curves[i]), "stroke-width": (s.width + 1).toFixed(2), "data-key": key });
     }
@@ -438,7 +446,7 @@ export function renderGraph(svg, routes, opts) {
     nodes,
     pick,
     /** A point on the edge (svg coordinates) that picks it: the curve's middle. */
-    edgePoint: (e) => bezier(curves[index.get(edgeKey(e))], 0.5),
+    edgePoint: (e) => bezier(curves[indexOf(edgeKey(e))], 0.5),
     nodePoint: (id) => L.point(id),
     select: (key) => {
       selected = key;
