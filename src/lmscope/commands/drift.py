@@ -60,7 +60,7 @@ def offline_snapshot(reference: str, prompts: str, model_name: str) -> dict[str,
     settings = DriftSettings(reference, window=len(live), min_samples=min(30, len(live)))
     hub = DriftHub(settings)
     monitor = hub.attach(model_name, loaded.model, loaded.tokenizer)
-    scores = mean_logprobs(loaded.model, [ids[: settings.max_tokens] for ids in live])
+    scores = mean_logprobs(loaded.model, [ids[-settings.max_tokens :] for ids in live])
     for ids, score in zip(live, scores, strict=True):
         monitor.on_request(model_name, RequestRecord(ids, score, 0, "none"))
     snapshot = hub.snapshot()

@@ -35,12 +35,16 @@ __all__ = [
     "Request",
     "Scheduler",
     "prefill_groups",
+    "prompt_tail_logprob",
     "target_logprob_sum",
 ]
 
 PREFILL_TOKEN_BUDGET = 1024  # padded prompt tokens per grouped prefill forward
 PREFILL_CHUNK = 256  # longer prompts are prefilled this many tokens per step
 PREFILL_PADDING_SLACK = 16  # padding a group may carry beyond a quarter of its real tokens
+# A monitored prefill scores a prompt's last tokens only: the unembedding of every position would
+# cost more than the drift signal is worth on long prompts (see prompt_tail_logprob).
+PROMPT_SCORE_TOKENS = 32
 
 Output = tuple["Request", Event]
 
@@ -59,7 +63,7 @@ class Request:
     cancelled: bool = False
     first_token_at: float | None = None
     last_token_at: float | None = None
-    prompt_logprob: float | None = None  # mean per prompt token, measured when monitored
+    prompt_logprob: float | None = None  # mean over the prompt's last tokens, when monitored
 
     @property
     def prompt(self) -> list[int]:
@@ -73,7 +77,8 @@ class _ChunkedPrefill:
         self.request = request
         self.cache = model.new_cache(1, len(request.prompt))  # its length: tokens done
         self.scores: list[TokenLogprob | None] = [None]  # the first token has no score
-        self.logprob_sum = 0.0  # of the prompt tokens so far (when monitored)
+        self.tail_sum = 0.0  # monitored: log-likelihood of the prompt's last tokens so far
+        self.tail_count = 0
 
 
 class Scheduler:
@@ -218,19 +223,28 @@ class Scheduler:
         stop = min(start + self.prefill_chunk, len(request.prompt))
         chunk = torch.tensor([request.prompt[start:stop]], device=self.model.device)
         scoring = request.prompt_logprobs
-        measuring = self.monitor is not None
-        logits = self.model(chunk, cache=job.cache, last_only=not (scoring or measuring))[0]
+        # monitored: the positions of this chunk that predict one of the prompt's last tokens
+        first = max(start, len(request.prompt) - PROMPT_SCORE_TOKENS)
+        need = stop - first if self.monitor is not None else 0
+        if scoring:
+            logits = self.model(chunk, cache=job.cache)[0]
+        elif need > 0:
+            logits = self.model(chunk, cache=job.cache, last_n=need)[0]
+        else:
+            logits = self.model(chunk, cache=job.cache, last_only=True)[0]
         self.observer.on_prompt_tokens(self.name, stop - start)
         targets = request.prompt[start + 1 : stop + 1]  # what each chunk position predicts
         if scoring:
             job.scores += self._scores(logits[: len(targets)], targets, request)
-        if measuring:
-            job.logprob_sum += target_logprob_sum(logits, targets)
+        if need > 0:
+            tail_targets = request.prompt[first + 1 : stop + 1]
+            job.tail_sum += target_logprob_sum(logits[len(logits) - need :], tail_targets)
+            job.tail_count += len(tail_targets)
         if stop < len(request.prompt):
             return
         self._chunked.popleft()
-        if measuring:
-            request.prompt_logprob = job.logprob_sum / (len(request.prompt) - 1)
+        if job.tail_count:
+            request.prompt_logprob = job.tail_sum / job.tail_count
         if scoring:
             out.append((request, Event(prompt_logprobs=job.scores, prompt_tokens=stop)))
         self._start(request, job.cache, 0, 0, logits[-1], out)
@@ -248,22 +262,24 @@ class Scheduler:
         tokens = tokens.to(device)
         cache = self.model.new_cache(len(requests), width)
         measuring = self.monitor is not None
-        last_only = not (scoring or measuring)
+        n_out = width if scoring else min(width, PROMPT_SCORE_TOKENS) if measuring else 1
         if min(pads) == max(pads):  # nothing to pad
-            logits = self.model(tokens, cache=cache, last_only=last_only)
+            logits = self.model(tokens, cache=cache, last_n=n_out)
         else:
             pad = torch.tensor(pads, device=device)[:, None]
             columns = torch.arange(width, device=device)[None]
             mask = (columns >= pad).long()
             positions = (columns - pad).clamp(min=0)
             logits = self.model(
-                tokens, positions=positions, attention_mask=mask, cache=cache, last_only=last_only
+                tokens, positions=positions, attention_mask=mask, cache=cache, last_n=n_out
             )
         self.observer.on_prompt_tokens(self.name, sum(lengths))
         for i, request in enumerate(requests):
-            if measuring and lengths[i] > 1:
-                total = target_logprob_sum(logits[i, pads[i] : width - 1], request.prompt[1:])
-                request.prompt_logprob = total / (lengths[i] - 1)
+            if measuring:
+                real = min(lengths[i], n_out)  # positions of this row that are not padding
+                request.prompt_logprob = prompt_tail_logprob(
+                    logits[i, n_out - real :], request.prompt
+                )
             if scoring:
                 targets = request.prompt[1:]
                 scores = [None, *self._scores(logits[i, pads[i] : width - 1], targets, request)]
@@ -386,6 +402,18 @@ def prefill_groups(requests: list[Request]) -> list[list[Request]]:
 
 def _prompt_length(request: Request) -> int:
     return len(request.prompt)
+
+
+def prompt_tail_logprob(logits: torch.Tensor, ids: list[int]) -> float | None:
+    """Mean log p(token | prefix) over the last PROMPT_SCORE_TOKENS - 1 tokens of `ids`, from
+    `logits` [n, V], the logits of the last n positions of `ids`; None when nothing is predicted
+    (one token). The drift monitor's prompt signal, live and for its reference alike."""
+    n = min(len(logits), len(ids), PROMPT_SCORE_TOKENS)
+    if n < 2:
+        return None
+    return target_logprob_sum(
+        logits[len(logits) - n : len(logits) - 1], ids[len(ids) - n + 1 :]
+    ) / (n - 1)
 
 
 def target_logprob_sum(logits: torch.Tensor, targets: list[int]) -> float:

@@ -376,8 +376,9 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | SlotKVCache | None = None,
         last_only: bool = False,
+        last_n: int | None = None,
     ) -> torch.Tensor:
-        """Logits [b, T, V] (or [b, 1, V] with last_only).
+        """Logits [b, T, V] (or [b, 1, V] with last_only, [b, last_n, V] with last_n).
 
         attention_mask: [b, past + T], 1 for real tokens and 0 for padding (left padding).
         cache: a KVCache; new keys/values are appended and its length advanced. A SlotKVCache
@@ -395,6 +396,8 @@ class Transformer(nn.Module):
             cache.advance(x.shape[1])
         if last_only:
             x = x[:, -1:]
+        elif last_n is not None:  # e.g. to score a prompt's end without unembedding it all
+            x = x[:, -last_n:]
         if prepacked is not None:
             return prepacked.logits(x)
         return self.unembed(self.ln_final(x))

@@ -39,7 +39,7 @@ class DriftSettings:
     ks_alpha: float = 0.01
     bins: int = 10
     max_samples: int = 200  # reference samples scored at start-up
-    max_tokens: int = 128  # per reference sample
+    max_tokens: int = 128  # context kept before a reference sample's scored end
 
     def check(self) -> None:
         """Raise ValueError naming the first setting out of range."""

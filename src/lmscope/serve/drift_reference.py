@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lmscope.engine.prompts import encode_text
-from lmscope.engine.scheduler import target_logprob_sum
+from lmscope.engine.scheduler import prompt_tail_logprob
 
 MIN_SAMPLES = 20
 SCORE_TOKEN_BUDGET = 2048  # tokens per reference scoring forward
@@ -139,9 +139,9 @@ def check_same_tokenizer(
 
 
 def mean_logprobs(model: Any, samples: list[list[int]]) -> list[float | None]:
-    """Mean log-likelihood per predicted token of each sample under `model` (None for a
-    one-token sample), in right-padded batches (causal attention: padding after a sample does
-    not change its positions)."""
+    """Each sample's prompt signal under `model`: the mean log-likelihood of its last tokens
+    (`prompt_tail_logprob`, as the engine measures live prompts; None for one token), in
+    right-padded batches (causal attention: padding after a sample does not change it)."""
     out: list[float | None] = [None] * len(samples)
     order = sorted(range(len(samples)), key=lambda i: len(samples[i]))
     batch: list[int] = []
@@ -154,9 +154,7 @@ def mean_logprobs(model: Any, samples: list[list[int]]) -> list[float | None]:
         with torch.inference_mode():
             logits = model(tokens.to(model.device))
         for row, i in enumerate(indices):
-            ids = samples[i]
-            if len(ids) > 1:
-                out[i] = target_logprob_sum(logits[row], ids[1:]) / (len(ids) - 1)
+            out[i] = prompt_tail_logprob(logits[row, : len(samples[i])], samples[i])
 
     for i in order:
         width = len(samples[i])
@@ -180,8 +178,7 @@ def build_profile(
     """Sample the reference, score it with the model, and compute its prompt signals; the rare-
     token share of a sample counts tokens unseen in the *other* samples (leave one out), as a
     live prompt's counts tokens unseen in all of them."""
-    whole = reference_samples(source, tokenizer, max_samples=max_samples)
-    samples = [s[:max_tokens] for s in whole]  # lengths count whole samples; scores the start
+    samples = reference_samples(source, tokenizer, max_samples=max_samples)
     vocab = max(len(tokenizer), int(model.cfg.vocab_size))
     counts = np.zeros(vocab, dtype=np.int64)
     for ids in samples:
@@ -195,10 +192,10 @@ def build_profile(
         if unknown is not None:
             unseen += int(np.count_nonzero((arr == unknown) & (counts[arr] - own > 0)))
         shares.append(unseen / len(ids))
-    logprobs = mean_logprobs(model, samples)
+    logprobs = mean_logprobs(model, [s[-max_tokens:] for s in samples])  # the end, in context
     return ReferenceProfile(
         source=source,
-        prompt_tokens=[float(len(s)) for s in whole],
+        prompt_tokens=[float(len(s)) for s in samples],
         prompt_logprob=[lp for lp in logprobs if lp is not None],
         rare_token_share=shares,
         token_counts=counts,
