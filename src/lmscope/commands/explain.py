@@ -1,12 +1,19 @@
-"""`lmscope explain MODEL "prompt"`: the information-flow routes of a prediction, and more."""
+"""`lmscope explain MODEL "prompt"`: the information-flow routes of a prediction, and more.
+
+`explain` is a group whose default command is `run`, so `lmscope explain MODEL PROMPT` keeps
+working next to the subcommands (`bias`, `attribute`, `aggregate`, `rules`): an
+argument that is not a subcommand's name starts `run`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from lmscope.commands.common import user_errors
 
@@ -14,6 +21,24 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+class DefaultRunGroup(TyperGroup):
+    """A group that runs `run` when the first argument names no subcommand."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+explain_app = typer.Typer(
+    cls=DefaultRunGroup,
+    no_args_is_help=True,
+    help="Explain predictions: routes (default: explain MODEL PROMPT), bias probes, "
+    "perturbation attributions, data-set importances, rules.",
+)
+
+
+@explain_app.command("run")
 @user_errors
 def explain(
     model: str = typer.Argument(..., help="Model name (e.g. smollm2-135m) or path."),
@@ -37,7 +62,8 @@ def explain(
     top: int = typer.Option(10, "--top", help="How many tokens, heads and lens rows to show."),
     saliency: bool = typer.Option(True, help="Also compute gradient x input attribution."),
 ) -> None:
-    """Explain a prediction: information-flow routes, heads, neurons, logit lens, saliency."""
+    """Explain a prediction: information-flow routes, heads, neurons, logit lens, saliency
+    (the default: `lmscope explain MODEL PROMPT`)."""
     from lmscope.explain import explain as run_explain
     from lmscope.explain.errors import ExplainInputError
     from lmscope.explain.export import FORMATS
@@ -134,4 +160,228 @@ def _print_summary(ex: object, top: int) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("explain")(explain)
+    app.add_typer(explain_app, name="explain")
+
+
+# ---- subcommands ------------------------------------------------------------------------------
+def _load(model: str) -> Any:
+    from lmscope.zoo.registry import load
+
+    with err_console.status(f"loading {model}"):
+        return load(model)
+
+
+def _encoder(loaded: Any) -> tuple[Any, Any]:
+    """(model, tokenizer) of a loaded model."""
+    return loaded.model, loaded.tokenizer
+
+
+@explain_app.command("bias")
+@user_errors
+def bias(
+    probes: str = typer.Argument(..., help="Probe YAML file, or 'builtin' for the built-in set."),
+    model: str = typer.Argument(..., help="Model name (e.g. smollm2-135m) or path."),
+    out: Path = typer.Option(
+        Path("bias"), "--out", "-o", help="Report stem: writes STEM.json and STEM.html."
+    ),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the CI."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    components: bool = typer.Option(
+        True, help="Rank the heads and neurons that carry each difference (slower)."
+    ),
+) -> None:
+    """Bias probes: probability gaps of target continuations between groups, with a CI."""
+    from lmscope.explain.bias import run_probes
+    from lmscope.explain.bias_probes import load_probes
+    from lmscope.explain.perturb import check_count
+
+    parsed = load_probes(probes)  # bad probe files fail before the model loads
+    check_count(n_boot, "--n-boot")
+    m, tok = _encoder(_load(model))
+    with err_console.status("running the probes"):
+        report = run_probes(
+            m, tok.encode, parsed, name=model, n_boot=n_boot, seed=seed, components=components
+        )
+    json_path, html_path = report.save(out)
+    for p in report.probes:
+        for t in p.targets:
+            gaps = ", ".join(
+                f"{g} {v['gap']:+.4f} [{v['ci'][0]:+.4f}, {v['ci'][1]:+.4f}]"
+                for g, v in t["gaps"].items()
+            )
+            console.print(f"{p.name}: {t['target']!r} vs {p.reference}: {gaps}")
+    console.print(f"wrote {json_path} and {html_path}")
+
+
+ATTRIBUTE_METHODS = ("occlusion", "feature_ablation", "shapley", "lime", "kernel_shap")
+
+
+@explain_app.command("attribute")
+@user_errors
+def attribute(
+    model: str = typer.Argument(..., help="Model name or path."),
+    prompt: str = typer.Argument(..., help="The text whose next-token prediction to explain."),
+    methods: str = typer.Option(
+        "occlusion,kernel_shap",
+        "--methods",
+        help=f"Comma-separated: {', '.join(ATTRIBUTE_METHODS)}.",
+    ),
+    n_samples: int = typer.Option(200, "--n-samples", help="Samples (LIME, KernelSHAP, Shapley)."),
+    seed: int = typer.Option(0, "--seed"),
+    window: int = typer.Option(1, "--window", help="Occlusion window in tokens."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the results as JSON."),
+) -> None:
+    """Perturbation attributions of the prediction over input tokens, with their agreement
+    (rank correlation) and deletion/insertion AUCs."""
+    import json
+
+    from lmscope.explain.faithfulness import agreement, deletion_insertion
+    from lmscope.explain.perturb import (
+        check_count,
+        feature_ablation,
+        occlusion,
+        shapley_value_sampling,
+    )
+    from lmscope.explain.perturb_sampling import kernel_shap, lime
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in ATTRIBUTE_METHODS]
+    if unknown or not chosen:
+        from lmscope.explain.errors import ExplainInputError
+
+        raise ExplainInputError(
+            f"unknown method(s) {unknown or methods!r}; use {', '.join(ATTRIBUTE_METHODS)}"
+        )
+    check_count(n_samples, "--n-samples")
+    check_count(window, "--window")
+    m, tok = _encoder(_load(model))
+    ids = list(tok.encode(prompt))
+    runs = {
+        "occlusion": lambda: occlusion(m, ids, window=window),
+        "feature_ablation": lambda: feature_ablation(m, ids),
+        "shapley": lambda: shapley_value_sampling(m, ids, n_samples=n_samples, seed=seed),
+        "lime": lambda: lime(m, ids, n_samples=n_samples, seed=seed),
+        "kernel_shap": lambda: kernel_shap(m, ids, n_samples=n_samples, seed=seed),
+    }
+    results, faith = [], []
+    for name in chosen:
+        with err_console.status(f"{name}"):
+            attr = runs[name]()
+            results.append(attr)
+            faith.append(deletion_insertion(m, attr))
+    table = Table(title=f"attributions for {tok.decode([results[0].target])!r}")
+    table.add_column("token")
+    for a, f in zip(results, faith, strict=True):
+        table.add_column(f"{a.method}\nAUC del {f.deletion_auc:.2f} ins {f.insertion_auc:.2f}")
+    for i, t in enumerate(results[0].tokens):
+        table.add_row(repr(tok.decode([t])), *(f"{a.scores[i]:+.3f}" for a in results))
+    console.print(table)
+    agree = agreement(results) if len(results) > 1 else {}
+    for method, row in agree.items():
+        console.print(
+            f"rank correlation {method}: "
+            + ", ".join(f"{b} {r:.2f}" for b, r in row.items() if b != method)
+        )
+    if out is not None:
+        from lmscope.files import atomic_write_text
+
+        payload = {
+            "attributions": [a.to_dict() for a in results],
+            "faithfulness": [f.to_dict() for f in faith],
+            "agreement": agree,
+        }
+        atomic_write_text(out, json.dumps(payload, indent=1))
+        console.print(f"wrote {out}")
+
+
+def _read_prompts(path: Path) -> list[str]:
+    from lmscope.explain.errors import ExplainInputError
+
+    if not path.is_file():
+        raise ExplainInputError(f"prompt file {str(path)!r} does not exist; give one prompt a line")
+    prompts = [line for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ExplainInputError(f"{path.name} holds no prompts; give one prompt a line")
+    return prompts
+
+
+@explain_app.command("aggregate")
+@user_errors
+def aggregate_cmd(
+    prompts: Path = typer.Argument(..., help="Text file, one prompt a line."),
+    model: str = typer.Argument(..., help="Model name or path."),
+    other: str | None = typer.Option(
+        None, "--diff", help="A second model (e.g. a fine-tune): report the circuit diff."
+    ),
+    tau: float = typer.Option(0.04, "--tau"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="JSON, or .html for a diff."),
+    top: int = typer.Option(10, "--top"),
+) -> None:
+    """Which heads and neurons matter over a prompt set (mean, spread, on-route frequency);
+    with --diff, which gained or lost importance in a second model."""
+    from lmscope.explain.aggregate import aggregate
+    from lmscope.explain.circuit_diff import circuit_diff
+    from lmscope.explain.errors import check_tau
+
+    check_tau(tau)
+    texts = _read_prompts(prompts)
+    m, tok = _encoder(_load(model))
+    ids = [list(tok.encode(t)) for t in texts]
+    with err_console.status(f"aggregating {len(ids)} prompts"):
+        stats = aggregate(m, ids, tau=tau, name=model)
+    table = Table(title=f"{model}: top heads over {stats.n_prompts} prompts")
+    for col in ("head", "mean", "sd", "on route"):
+        table.add_column(col)
+    for row in stats.top_heads(top):
+        table.add_row(
+            row["head"], f"{row['mean']:.4f}", f"{row['std']:.4f}", f"{row['on_route']:.0%}"
+        )
+    console.print(table)
+    result: object = stats
+    if other is not None:
+        m2, tok2 = _encoder(_load(other))
+        with err_console.status(f"aggregating {other}"):
+            stats2 = aggregate(m2, [list(tok2.encode(t)) for t in texts], tau=tau, name=other)
+        diff = circuit_diff(stats, stats2, k=top)
+        for kind, rows in (("gained", diff.gained), ("lost", diff.lost)):
+            console.print(
+                f"{kind}: " + ", ".join(f"{r['component']} {r['delta']:+.4f}" for r in rows)
+            )
+        result = diff
+    if out is not None:
+        from lmscope.files import atomic_write_text
+
+        if hasattr(result, "save"):
+            result.save(out)
+        else:
+            atomic_write_text(out, stats.to_json(indent=1))
+        console.print(f"wrote {out}")
+
+
+@explain_app.command("rules")
+@user_errors
+def rules_cmd(
+    prompts: Path = typer.Argument(..., help="Text file, one prompt a line."),
+    model: str = typer.Argument(..., help="Model name or path."),
+    labels: str | None = typer.Option(
+        None, "--labels", help="Comma-separated continuations to choose from (default: top token)."
+    ),
+    max_depth: int = typer.Option(3, "--max-depth"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the rules as JSON."),
+) -> None:
+    """Plain-text rules (a shallow decision tree) that mimic the model's decisions, with their
+    fidelity on held-out prompts. Needs scikit-learn."""
+    from lmscope.explain.rules import fit_rules, model_decisions
+
+    texts = _read_prompts(prompts)
+    m, tok = _encoder(_load(model))
+    choices = [c for c in labels.split(",")] if labels else None
+    with err_console.status(f"deciding {len(texts)} prompts"):
+        decisions = model_decisions(m, tok.encode, lambda t: tok.decode([t]), texts, choices)
+    result = fit_rules(texts, decisions, max_depth=max_depth)
+    console.print(result.text())
+    if out is not None:
+        from lmscope.files import atomic_write_text
+
+        atomic_write_text(out, result.to_json(indent=1))
+        console.print(f"wrote {out}")
