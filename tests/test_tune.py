@@ -344,3 +344,37 @@ def test_example_search_files_load_and_give_valid_trial_configs(tmp_path: Path) 
     full = trial_config(lora, lora.space.overrides({"finetune": "full", "optim.lr": 1e-4}),
                         tmp_path, seed=3)  # fmt: skip
     assert full.finetune.lora is None and full.finetune.freeze_layers == 24
+
+
+def test_an_eval_task_metric_as_the_objective(data_dir: Path, tmp_path: Path) -> None:
+    from lmscope.evaluate.runner import run_tasks
+    from lmscope.evaluate.tasks import load_tasks
+    from lmscope.zoo.registry import load
+
+    (tmp_path / "held_out.txt").write_text("Nay, but this dotage of our general's\n\n" * 3)
+    objective = {"metric": "eval:held_out:bits_per_byte", "direction": "minimize"}
+    search = write_search(tmp_path, data_dir, objective=objective, pruner="none",
+                          budget={"trials": 2}, eval={"tasks": "held_out.txt"})  # fmt: skip
+    run_search(search)
+    trials = trials_of(tmp_path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:  # the value is what `lmscope eval` gives for the trial's saved model
+        model = Path(t.user_attrs["out_dir"]) / "model"
+        report = run_tasks(load(str(model)), load_tasks(tmp_path / "held_out.txt"))
+        assert t.value == pytest.approx(report["tasks"][0]["metrics"]["bits_per_byte"]["value"])
+    with pytest.raises(TuneError, match="no task 'held'"):
+        parse_search({**yaml.safe_load(search.read_text()),
+                      "objective": {**objective, "metric": "eval:held:bits_per_byte"}},
+                     tmp_path)  # fmt: skip
+    with pytest.raises(TuneError, match="give direction"):
+        parse_search({**yaml.safe_load(search.read_text()),
+                      "objective": "eval:held_out:bits_per_byte"}, tmp_path)  # fmt: skip
+
+
+def test_minutes_budget_stops_starting_trials(data_dir: Path, tmp_path: Path) -> None:
+    # 0.6 s for this run: at least the first trial starts, far fewer than 20 finish, and the
+    # rest stay queued for the next run
+    run_search(write_search(tmp_path, data_dir, budget={"trials": 20, "minutes": 0.01}))
+    states = [t.state for t in trials_of(tmp_path)]
+    finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+    assert 1 <= finished < 20 and states.count(TrialState.WAITING) == 20 - finished

@@ -23,7 +23,7 @@ def run_search(
 ) -> int:
     """Run (or join, with `worker`) the study of a search file; returns the exit code."""
     from lmscope.tune.report import summary_lines
-    from lmscope.tune.worker import run_processes, run_worker
+    from lmscope.tune.worker import WorkerResult, run_processes, run_worker
 
     if n_jobs < 1:
         raise TuneError(f"--n-jobs must be at least 1, got {n_jobs}")
@@ -42,10 +42,19 @@ def run_search(
         code = run_processes(search_file, url, n_jobs, per_job, extra)
     else:
         seed = search.seed if not worker else None
-        result = run_worker(
-            search, url, seed=seed, parallel=worker, top_up=not worker, threads=threads
-        )
+        try:
+            result = run_worker(
+                search, url, seed=seed, parallel=worker, top_up=not worker, threads=threads
+            )
+        except KeyboardInterrupt:  # a second Ctrl-C: the running trial goes stale and is retried
+            result = WorkerResult(stopped="interrupted")
         code = 130 if result.stopped == "interrupted" else 0
+        if code:
+            print(
+                f"stopped; the study keeps every finished trial: run the same command again to "
+                f"resume ({search_file})",
+                file=sys.stderr,
+            )
     if not worker:
         from lmscope.tune.report import export, load_study
 

@@ -28,6 +28,7 @@ from lmscope.train.config import config_from_dict, read_yaml
 from lmscope.train.config_keys import validate_override
 from lmscope.train.errors import TrainConfigError
 from lmscope.tune.errors import TuneError
+from lmscope.tune.evaluation import PREFIX, EvalSettings, parse_eval, split_metric
 from lmscope.tune.space import SearchSpace, literal, parse_space
 
 TOP_KEYS = (
@@ -41,6 +42,7 @@ TOP_KEYS = (
     "seed",
     "trial_seed",
     "study",
+    "eval",
 )
 # metric -> (direction it improves in, a validation loss the trainer reports while training)
 METRICS = {
@@ -89,6 +91,7 @@ class Search:
     grace_s: int = 60
     max_retry: int = 2
     raw: dict[str, Any] = field(default_factory=dict)
+    evaluation: EvalSettings | None = None  # `lmscope eval` tasks for eval:TASK:METRIC
 
     @property
     def multi(self) -> bool:
@@ -101,6 +104,7 @@ class Search:
             "space": self.space.describe(),
             "objectives": [(o.metric, o.direction) for o in self.objectives],
             "sampler": self.sampler,
+            "eval": None if self.evaluation is None else str(self.evaluation.tasks),
         }
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -168,9 +172,13 @@ def _objectives(raw: Any) -> list[Objective]:
         if not isinstance(spec, dict) or not isinstance(spec.get("metric"), str):
             raise TuneError("each objective is a metric name or {metric: ..., direction: ...}")
         metric = spec["metric"]
-        if metric not in METRICS:
+        if metric.startswith(PREFIX):
+            split_metric(metric)
+            if spec.get("direction") is None:
+                raise TuneError(f"objective {metric}: give direction: minimize or maximize")
+        elif metric not in METRICS:
             raise TuneError(f"unknown objective metric '{metric}'{_nearest(metric, list(METRICS))}")
-        direction = spec.get("direction", METRICS[metric][0])
+        direction = spec.get("direction") or METRICS[metric][0]
         if direction not in ("minimize", "maximize"):
             raise TuneError(f"objective {metric}: direction must be minimize or maximize")
         out.append(Objective(metric, direction))
@@ -246,7 +254,8 @@ def parse_search(raw: Any, folder: Path = Path("."), default_name: str = "study"
     base = _apply_fixed(_base(raw.get("base"), folder), raw.get("overrides"), space)
     objectives = _objectives(raw.get("objective"))
     sampler, sampler_options = _named(raw.get("sampler"), "sampler", SAMPLERS, "tpe")
-    prunable = len(objectives) == 1 and METRICS[objectives[0].metric][1]
+    evaluation = parse_eval(raw.get("eval"), folder, [o.metric for o in objectives])
+    prunable = len(objectives) == 1 and METRICS.get(objectives[0].metric, ("", False))[1]
     prunable = prunable and objectives[0].direction == "minimize"
     pruner, pruner_options = _named(
         raw.get("pruner"), "pruner", PRUNERS, "median" if prunable else "none"
@@ -288,6 +297,7 @@ def parse_search(raw: Any, folder: Path = Path("."), default_name: str = "study"
         grace_s=study["grace_s"],
         max_retry=study["max_retry"],
         raw=raw,
+        evaluation=evaluation,
     )
 
 

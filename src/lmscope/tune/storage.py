@@ -10,10 +10,11 @@ parameters (Optuna's RetryFailedTrialCallback).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,17 @@ from optuna.storages import RDBStorage
 
 from lmscope.tune.errors import TuneError
 
-# Heartbeats and stale-trial retries are "experimental" in Optuna's terms; lmscope relies on
-# them on purpose, so the warnings would only be noise in every worker's output.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Heartbeats and stale-trial retries are "experimental" in Optuna's terms; lmscope relies
+    on them on purpose, so the warnings would only be noise in every worker's output."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
 
 LOCK_WAIT_S = 60
 DB_FILE = "study.db"
@@ -61,9 +69,10 @@ def retry_callback(max_retry: int | None) -> Callable[[optuna.Study, Any], None]
     """Optuna's callback that queues a failed trial again with the same parameters (renamed in
     Optuna 4.9: RetryFailedTrialCallback -> RetryHeartbeatStaleTrialCallback)."""
     new = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-    if new is not None:
-        return new(max_retry=max_retry)  # type: ignore[no-any-return]
-    return optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+    with quiet():
+        if new is not None:
+            return new(max_retry=max_retry)  # type: ignore[no-any-return]
+        return optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
 
 
 def _retry_kwargs(max_retry: int) -> dict[str, Any]:
@@ -81,13 +90,14 @@ def open_storage(url: str, heartbeat_s: int, grace_s: int, max_retry: int) -> RD
         except (OSError, sqlite3.Error) as err:
             raise TuneError(f"cannot open the study database {url}: {err}") from None
     try:
-        storage = RDBStorage(
-            url,
-            engine_kwargs=_engine_kwargs(url),
-            heartbeat_interval=heartbeat_s,
-            grace_period=grace_s,
-            **_retry_kwargs(max_retry),
-        )
+        with quiet():
+            storage = RDBStorage(
+                url,
+                engine_kwargs=_engine_kwargs(url),
+                heartbeat_interval=heartbeat_s,
+                grace_period=grace_s,
+                **_retry_kwargs(max_retry),
+            )
     except ImportError as err:
         driver = "pip install psycopg2-binary" if url.startswith("postgres") else str(err)
         raise TuneError(f"storage {safe_url(url)} needs a database driver: {driver}") from None

@@ -21,6 +21,7 @@ import optuna
 from lmscope.files import atomic_write_text
 from lmscope.train.config import apply_overrides, config_from_dict
 from lmscope.train.loop_state import Callback
+from lmscope.tune.evaluation import evaluate_model
 from lmscope.tune.search import Search
 
 if TYPE_CHECKING:
@@ -123,11 +124,18 @@ def run_trial(search: Search, trial: optuna.Trial, study_dir: Path) -> TrialOutc
             outcome.state = "INTERRUPTED"
         else:
             outcome.metrics = metric_values(result.record, outcome.train_s)
-            values = [outcome.metrics[o.metric] for o in search.objectives]
+            if search.evaluation is not None:
+                if result.model_dir is None:
+                    raise ValueError("eval objectives need a full model: set finetune.merge_lora")
+                outcome.metrics.update(evaluate_model(result.model_dir, search.evaluation))
+            values = [outcome.metrics.get(o.metric) for o in search.objectives]
             missing = [
                 o.metric for o, v in zip(search.objectives, values, strict=True) if v is None
             ]
-            if missing:
+            if missing and missing[0].startswith("eval:"):
+                known = sorted(k for k in outcome.metrics if k.startswith("eval:"))
+                outcome.error = f"no metric {missing[0]}; the tasks gave: {', '.join(known)}"
+            elif missing:
                 outcome.error = (
                     f"the run has no {missing[0]} (does the data have a validation/test split "
                     "and the config evaluate?)"

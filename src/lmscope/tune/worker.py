@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from lmscope.tune.samplers import make_pruner, make_sampler
 from lmscope.tune.search import Search
-from lmscope.tune.storage import open_storage, retry_callback
+from lmscope.tune.storage import open_storage, quiet, retry_callback
 from lmscope.tune.study import Heartbeat, claim, open_study
 from lmscope.tune.trial import TrialOutcome, run_trial, write_outcome
 
@@ -113,7 +113,8 @@ def run_worker(
     metric = search.objectives[0].metric
     while True:
         tick = time.perf_counter()
-        fail_stale_trials(study)
+        with quiet():
+            fail_stale_trials(study)
         if (
             search.budget.minutes is not None
             and time.monotonic() - started >= 60 * search.budget.minutes
