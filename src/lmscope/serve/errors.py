@@ -104,10 +104,35 @@ def _clean(message: str) -> str:
     return message.removeprefix("Value error, ")
 
 
+def _union_key(loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The field a union member's error is about (its location up to the member's tag), or
+    None for an error outside any union."""
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and part != "body" and not part.isidentifier():
+            return tuple(loc[:i])
+    return None
+
+
+def _without_type_noise(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drops the "should be a valid string" errors of union members whose type did not match
+    when another member of the same union matched the type and failed on the value (a token
+    id of -1 is then "greater than or equal to 0", not "a valid string")."""
+
+    def is_type(item: dict[str, Any]) -> bool:
+        return str(item.get("type", "")).endswith("_type")
+
+    def key(item: dict[str, Any]) -> tuple[Any, ...] | None:
+        return _union_key(tuple(item.get("loc", ())))
+
+    matched = {key(item) for item in errors if not is_type(item)} - {None}
+    return [item for item in errors if not (is_type(item) and key(item) in matched)]
+
+
 def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     """One message and the first field's `param` for a list of pydantic errors; each field is
     reported once."""
     seen: dict[str | None, str] = {}
+    errors = _without_type_noise(errors)
     # A union reports every member's failure; when a validator said what is wrong, the
     # members whose type did not even match are noise.
     explained = [item for item in errors if (item.get("ctx") or {}).get("error") is not None]
@@ -127,10 +152,20 @@ def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     return "; ".join(parts) or "invalid request", next(iter(seen), None)
 
 
-def _content_type_error(request: Request, errors: list[dict[str, Any]]) -> JSONResponse | None:
+async def _content_type_error(
+    request: Request, errors: list[dict[str, Any]]
+) -> JSONResponse | None:
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
     body_whole = any(tuple(item.get("loc", ())) == ("body",) for item in errors)
+    if not media and body_whole and await request.body():
+        # Without a Content-Type the body is not read as JSON at all.
+        return error_response(
+            415,
+            "the request has no Content-Type; send the JSON body with "
+            "Content-Type: application/json",
+            code="unsupported_media_type",
+        )
     if media and media != "application/json" and not media.endswith("+json") and body_whole:
         return error_response(
             415,
@@ -154,7 +189,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, err: RequestValidationError) -> JSONResponse:
         errors = list(err.errors())
-        wrong_type = _content_type_error(request, errors)
+        wrong_type = await _content_type_error(request, errors)
         if wrong_type is not None:
             return wrong_type
         message, param = describe_validation(errors)

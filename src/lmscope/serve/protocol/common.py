@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AllowInfNan, BaseModel, Field, Strict
+from pydantic import AllowInfNan, BaseModel, BeforeValidator, Field, Strict
 
 __all__ = [
     "ErrorBody",
@@ -40,7 +40,11 @@ class FieldError(ValueError):
         self.param = param
 
 
-def _unicode_text(value: str) -> str:
+def _unicode_text(value: Any) -> Any:
+    """Runs before the type and length checks: pydantic cannot even measure such a string and
+    would say only "unable to parse raw data as a unicode string"."""
+    if not isinstance(value, str):
+        return value  # the strict type check names what is wrong
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as err:
@@ -73,8 +77,8 @@ def json_numbers(data: Any, int_fields: frozenset[str]) -> Any:
 StrictInt = Annotated[int, Strict()]
 StrictBool = Annotated[bool, Strict()]
 Number = Annotated[float, Strict(), AllowInfNan(False)]
-Text = Annotated[str, Strict(), AfterValidator(_unicode_text)]
-NonEmptyText = Annotated[str, Strict(), Field(min_length=1), AfterValidator(_unicode_text)]
+Text = Annotated[str, Strict(), BeforeValidator(_unicode_text)]
+NonEmptyText = Annotated[str, Strict(), Field(min_length=1), BeforeValidator(_unicode_text)]
 
 
 def new_id(prefix: str) -> str:

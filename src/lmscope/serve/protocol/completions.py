@@ -104,11 +104,39 @@ class CompletionRequest(SamplingRequest):
     )
     echo: StrictBool = False
     logprobs: Annotated[StrictInt, Field(ge=0, le=LOGPROBS_LIMIT)] | None = None
+    # OpenAI fields this server does not implement: refused when they would change the answer,
+    # never silently ignored.
+    suffix: Text | None = Field(
+        default=None, json_schema_extra={"maxLength": 0}, description="not supported"
+    )
+    best_of: StrictInt | None = Field(
+        default=None, json_schema_extra={"minimum": 1, "maximum": 1}, description="only 1"
+    )
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt_shape(cls, value: Any) -> Any:
         return _check_prompt_shape(value)
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value:
+            raise FieldError(
+                "suffix is not supported (this server does not insert text); leave it out",
+                "suffix",
+            )
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _no_best_of(cls, value: int | None) -> int | None:
+        if value is not None and value != 1:
+            raise FieldError(
+                f"best_of={value} is not supported; ask for n choices and pick by logprobs",
+                "best_of",
+            )
+        return value
 
     @model_validator(mode="after")
     def _echo_scores_not_streamed(self) -> CompletionRequest:

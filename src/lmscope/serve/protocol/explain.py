@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from lmscope.explain.errors import ThresholdError, check_tau
-from lmscope.serve.protocol.common import Number, StrictBool, StrictInt, Text
+from lmscope.serve.protocol.common import FieldError, Number, StrictBool, StrictInt, Text
 from lmscope.serve.protocol.openai import ChatMessage
 
 JsonObject = dict[str, Any]
@@ -62,7 +62,7 @@ class PromptFields(BaseModel):
     prompt: Text | list[StrictInt] | None = Field(
         default=None, description="text (tokenized like /v1/completions) or token ids"
     )
-    messages: list[ChatMessage] | None = Field(
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = Field(
         default=None, description="chat messages, rendered with the model's chat template"
     )
     completion: Text | None = Field(
@@ -72,8 +72,10 @@ class PromptFields(BaseModel):
 
     @model_validator(mode="after")
     def _one_prompt(self) -> PromptFields:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of prompt or messages")
+        if self.prompt is None and self.messages is None:
+            raise FieldError("give prompt (text or token ids) or chat messages", "prompt")
+        if self.prompt is not None and self.messages is not None:
+            raise FieldError("give prompt or messages, not both", "messages")
         return self
 
 

@@ -109,7 +109,16 @@ class SamplingRequest(BaseModel):
     user: Text | None = None
 
     _INT_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"max_tokens", "top_k", "n", "seed", "logprobs", "top_logprobs", "max_completion_tokens"}
+        {
+            "max_tokens",
+            "top_k",
+            "n",
+            "seed",
+            "logprobs",
+            "top_logprobs",
+            "max_completion_tokens",
+            "best_of",
+        }
     )
 
     @model_validator(mode="before")
