@@ -151,7 +151,7 @@ def test_ab_report_cli(tmp_path: Path) -> None:
         app, ["ab", "report", "--db", f"sqlite:///{tmp_path / 'ab.db'}", "--out", str(tmp_path)]
     )
     assert result.exit_code == 0, result.output
-    assert "always-valid p" in result.output
+    assert "always-valid p " in result.output
     assert json.loads((tmp_path / "ab.json").read_text())["versions"]["v1"]["requests"] == 40
     bad = CliRunner().invoke(app, ["ab", "report", "--db", "mysql://x/y"])
     assert bad.exit_code == 2 and "unsupported feedback store URL" in bad.output

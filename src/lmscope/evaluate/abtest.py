@@ -196,12 +196,16 @@ def _compare_arms(
         "significant": always_valid < 0.05,
         "verdict": (
             f"satisfaction {second} - {first} = {fixed['difference']:+.3f} (95% CI "
-            f"{fixed['ci95'][0]:+.3f} to {fixed['ci95'][1]:+.3f}); always-valid p = "
-            f"{always_valid:.3g} ({'significant' if always_valid < 0.05 else 'not significant'}"
-            f" at 0.05, safe to peek), fixed-horizon p = {fixed['p_value']:.3g}; "
+            f"{fixed['ci95'][0]:+.3f} to {fixed['ci95'][1]:+.3f}); always-valid p "
+            f"{_p(always_valid)} ({'significant' if always_valid < 0.05 else 'not significant'}"
+            f" at 0.05, safe to peek), fixed-horizon p {_p(fixed['p_value'])}; "
             f"{len(a)} and {len(b)} ratings"
         ),
     }
+
+
+def _p(value: float) -> str:
+    return "< 0.0001" if value < 1e-4 else f"= {value:.3g}"
 
 
 def _shadow_summary(responses: list[dict[str, Any]], served: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ import { el, showToken, fmt, pct, postJSON, getJSON, debounce } from "./util.js"
 import { renderGraph, rethreshold, markSelected, edgeKey, scrollToRoute, layout } from "./graph.js";
 import { renderTokens } from "./tokens.js";
 import { generator } from "./generation.js";
+import { experimentsTab } from "./experiments.js";
 import { overviewPanel, edgePanel, headView, neuronPanel, lensPanel } from "./panels.js";
 
 const EXAMPLES = [
@@ -236,10 +237,12 @@ function onRenormalise() {
 }
 
 // ---- inspector ----------------------------------------------------------------------------------
+const refreshExperiments = experimentsTab($("panel-experiments"), () => !$("panel-experiments").hidden);
+
 function showTab(name) {
   for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.tab === name);
-  $("panel-overview").hidden = name !== "overview";
-  $("panel-details").hidden = name !== "details";
+  for (const panel of document.querySelectorAll(".inspector [role=tabpanel]")) panel.hidden = panel.id !== `panel-${name}`;
+  if (name === "experiments") refreshExperiments();
 }
 
 function showOverview() {
