@@ -43,7 +43,7 @@ unit: $(STAMP) browser
 
 test: lint typecheck unit
 
-slow: $(STAMP)
+slow: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
