@@ -212,3 +212,19 @@ def test_deletion_insertion_curves(model) -> None:  # type: ignore[no-untyped-de
 def test_bad_input_is_one_clear_error(model, call, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ExplainInputError, match=message):
         call(model)
+
+
+def test_batches_cover_every_row_and_bound_the_waste() -> None:
+    from lmscope.explain.perturb_eval import WASTE, chunks
+
+    g = torch.Generator().manual_seed(0)
+    prefixes = sorted(torch.randint(0, 64, (100,), generator=g).tolist(), reverse=True)
+    spans = chunks(prefixes, 64, 16)
+    assert spans[0][0] == 0 and spans[-1][1] == 100
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # contiguous, no overlap
+    for start, end in spans:
+        part = prefixes[start:end]
+        assert 1 <= len(part) <= 16
+        need = sum(64 - p for p in part)
+        assert len(part) == 1 or len(part) * (64 - min(part)) <= WASTE * need
+    assert chunks([], 64, 16) == []

@@ -25,6 +25,7 @@ from lmscope.model.modes import eval_mode
 from lmscope.model.transformer import Transformer
 
 DEFAULT_BATCH = 16
+WASTE = 1.25  # a batch may run at most this many times the positions its rows need
 
 
 def check_token_id(model: Transformer, token: int | None, what: str) -> None:
@@ -54,6 +55,23 @@ def score_of(logits: torch.Tensor, target: int, foil: int | None, score: str) ->
     out = logits[:, target]
     if foil is not None:
         out = out - logits[:, foil]
+    return out
+
+
+def chunks(prefixes: list[int], n_tokens: int, batch: int) -> list[tuple[int, int]]:
+    """Split rows sorted by shared prefix (longest first) into [start, end) batches of at most
+    `batch` rows. A batch runs every row from its shortest prefix on, so a batch is also closed
+    when that would run over WASTE more positions than its rows need on their own."""
+    out: list[tuple[int, int]] = []
+    start, need = 0, 0
+    for i, p in enumerate(prefixes):
+        rows = i - start + 1
+        if rows > batch or (rows > 1 and rows * (n_tokens - p) > WASTE * (need + n_tokens - p)):
+            out.append((start, i))
+            start, need = i, 0
+        need += n_tokens - p
+    if prefixes:
+        out.append((start, len(prefixes)))
     return out
 
 
@@ -133,10 +151,11 @@ class MaskScorer:
             idx = idx[best[idx].argsort(descending=True)]
             if idx.numel() == 0:
                 continue
-            for chunk in idx.split(self.batch_size):
+            for chunk in chunks(best[idx].tolist(), self.n_tokens, self.batch_size):
                 check_cancelled(self.should_stop, "the perturbation attribution")
-                start = int(best[chunk].min())
-                out[chunk.cpu()] = self._run(rows[chunk], which, start)
+                sel = idx[chunk[0] : chunk[1]]
+                start = int(best[sel].min())
+                out[sel.cpu()] = self._run(rows[sel], which, start)
         return out
 
     def _run(self, rows: torch.Tensor, ref: int, start: int) -> torch.Tensor:
