@@ -307,13 +307,13 @@ def bench_route_faithfulness() -> None:
     loaded = _smollm2()
     model = loaded.model
     g = torch.Generator().manual_seed(0)
-    half = torch.randint(1000, 20000, (16,), generator=g)
-    ids = torch.cat([half, half[:8]])  # induction: the next token is half[8]
+    block = torch.randint(1000, 20000, (40,), generator=g)  # as tests/test_explain_slow.py
+    ids = torch.cat([block, block[:20]])  # induction: the next token is block[20]
     routes = compute_flow(model, record(model, ids)).routes(-1, 0.04)
     start = time.perf_counter()
-    result = route_faithfulness(model, ids, routes, target=int(half[8]), n_random=10, mlps=False)
+    result = route_faithfulness(model, ids, routes, target=int(block[20]), n_random=10, mlps=False)
     took = time.perf_counter() - start
-    print("smollm2-135m, induction prompt (16 random tokens, then the first 8 again)")
+    print("smollm2-135m, induction prompt (40 random tokens, then the first 20 again)")
     print(f"  target log-prob          {result.clean_logprob:.3f}")
     print(f"  route heads ablated      {len(result.components)}: drop {result.route_drop:.3f}")
     print(
