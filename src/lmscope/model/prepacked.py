@@ -27,7 +27,7 @@ changes (training, `load_state_dict`, `.to()`): the reference path then answers.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,28 @@ _ONEDNN_ACTIVATIONS = {  # our activation name -> oneDNN post-op (attr, algorith
     "relu": ("relu", ""),
     "silu": ("swish", ""),
 }
+
+
+class FastLinear(Protocol):
+    """A projection of the fast paths: `y = linear(x)`, and `add_to` for `residual + y`."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def add_to(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor: ...
+
+
+class LinearFactory(Protocol):
+    """Builds a FastLinear from an nn.Linear, with a norm's affine part folded in (see
+    PackedLinear) and an optional fused activation (only where the MLP is not gated)."""
+
+    def __call__(
+        self,
+        linear: nn.Linear,
+        *,
+        scale: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
+        activation: str = "none",
+    ) -> FastLinear: ...
 
 
 def onednn_available() -> bool:
@@ -113,38 +135,51 @@ class _Norm:
             return x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), self.floor)
         return F.layer_norm(x, (self.d_model,), None, None, self.eps)
 
-    def folded_into(self, linear: nn.Linear, activation: str = "none") -> PackedLinear:
+    def folded_into(
+        self, linear: nn.Linear, make: LinearFactory, activation: str = "none"
+    ) -> FastLinear:
         """The projection that reads this norm's output, with the norm's affine part folded in."""
-        return PackedLinear(linear, scale=self.scale, shift=self.shift, activation=activation)
+        return make(linear, scale=self.scale, shift=self.shift, activation=activation)
 
 
 class _Layer:
-    def __init__(self, block: Block, activation: str) -> None:
+    def __init__(self, block: Block, activation: str, make: LinearFactory) -> None:
         attn, mlp = block.attn, block.mlp
         d_model = attn.qkv.in_features
         self.index = block.layer
         self.norm1 = _Norm(block.ln1, d_model)
         self.norm2 = _Norm(block.ln2, d_model)
-        self.qkv = self.norm1.folded_into(attn.qkv)
-        self.out = PackedLinear(attn.out)
+        self.qkv = self.norm1.folded_into(attn.qkv, make)
+        self.out = make(attn.out)
         self.gated = mlp.gated
         self.act = mlp.act
-        self.fc_in = self.norm2.folded_into(mlp.fc_in, "none" if mlp.gated else activation)
-        self.fc_out = PackedLinear(mlp.fc_out)
+        self.fc_in = self.norm2.folded_into(mlp.fc_in, make, "none" if mlp.gated else activation)
+        self.fc_out = make(mlp.fc_out)
         self.d_mlp = mlp.d_mlp
         self.parallel = block.parallel
 
 
 class PrepackedPath:
-    """Prepacked float32 weights of one Transformer and the lean forward that uses them."""
+    """Prepacked float32 weights of one Transformer and the lean forward that uses them.
 
-    def __init__(self, model: Transformer) -> None:
+    `make_linear` builds each projection (float32 oneDNN here; `lmscope.model.quantized`
+    passes int8 ones), `make_unembed` the unembedding (default: the same).
+    """
+
+    name = "prepacked"
+
+    def __init__(
+        self,
+        model: Transformer,
+        make_linear: LinearFactory = PackedLinear,
+        make_unembed: LinearFactory | None = None,
+    ) -> None:
         cfg = model.cfg
         self.heads, self.kv_heads, self.d_head = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.gqa = cfg.kv_heads != cfg.n_heads
-        self.layers = [_Layer(block, cfg.activation) for block in model.blocks]  # type: ignore[arg-type]
+        self.layers = [_Layer(block, cfg.activation, make_linear) for block in model.blocks]  # type: ignore[arg-type]
         self.norm_final = _Norm(model.ln_final, cfg.d_model)
-        self.unembed = self.norm_final.folded_into(model.unembed)
+        self.unembed = self.norm_final.folded_into(model.unembed, make_unembed or make_linear)
         self.rotary = cfg.rotary_dim if cfg.positional == "rope" else 0
         # rotate_half(x) * sin == flip(x as [2, half]) * [-sin | +sin]
         self.sin_sign = torch.tensor([[-1.0], [1.0]])
