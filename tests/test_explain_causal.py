@@ -156,3 +156,15 @@ def test_bad_interventions_are_clear_errors(model) -> None:  # type: ignore[no-u
         route_faithfulness(model, tokens(T), routes, n_random=0)
     with pytest.raises(ExplainInputError, match="built on 8 tokens"):
         route_faithfulness(model, tokens(T + 2), routes)
+
+
+def test_interventions_apply_when_the_prepacked_path_is_enabled() -> None:
+    """Hooks do not run on the prepacked path: interventions set it aside, then restore it."""
+    model = tiny_model("llama_gqa")
+    if not model.enable_prepacked():
+        pytest.skip("no oneDNN prepacking on this machine")
+    ids = tokens(T)[None]
+    with intervening(model, ablation_edits(model, COMPONENTS)):
+        got = _logits(model, ids)
+    torch.testing.assert_close(got, _logits(_surgery(model, COMPONENTS), ids), atol=1e-5, rtol=0)
+    assert model.prepacked_enabled
