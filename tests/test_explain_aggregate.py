@@ -85,3 +85,29 @@ def test_bad_input(model) -> None:  # type: ignore[no-untyped-def]
         aggregate(model, [[1, 2], []])
     with pytest.raises(ExplainInputError, match="same prompt set"):
         circuit_diff(aggregate(model, PROMPTS[:2]), aggregate(model, PROMPTS[:3]))
+
+
+def _ranked_aggregate(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        stats = aggregate(tiny_model("gpt2"), PROMPTS, neurons=False)
+        torch.save({"mean": stats.head_mean, "n": stats.n_prompts}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_process_group_shards_and_all_reduces(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """As under torchrun: two gloo ranks each take half the prompts; both return the whole."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "stats")
+    mp.spawn(
+        _ranked_aggregate, args=(2, f"file://{tmp_path / 'rendezvous'}", out), nprocs=2, join=True
+    )
+    whole = aggregate(tiny_model("gpt2"), PROMPTS, neurons=False)
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}")
+        assert got["n"] == len(PROMPTS)
+        torch.testing.assert_close(got["mean"], whole.head_mean)
