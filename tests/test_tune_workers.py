@@ -68,9 +68,13 @@ def postgres() -> Iterator[str]:
 
 
 def _running_on(url: str, worker: str) -> int | None:
-    try:
-        study = optuna.load_study(study_name="w", storage=url)
-    except KeyError:  # not made yet
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    try:  # read only: the workers make the tables and the study
+        storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        study = optuna.load_study(study_name="w", storage=storage)
+    except (KeyError, OperationalError, ProgrammingError, StorageInternalError):  # not yet
         return None
     for t in study.get_trials(states=(TrialState.RUNNING,)):
         if t.user_attrs.get("worker") == worker and t.intermediate_values:
@@ -78,18 +82,17 @@ def _running_on(url: str, worker: str) -> int | None:
     return None
 
 
-def _kill_mid_trial(url: str, victim: subprocess.Popen[bytes]) -> int:
-    """SIGKILL the victim while it is inside a trial that has reported a validation loss (frozen
-    first with SIGSTOP, so the trial is known to be running when the kill lands)."""
+def _freeze_mid_trial(url: str, victim: subprocess.Popen[bytes]) -> int:
+    """SIGSTOP the victim while it is inside a trial that has reported a validation loss; the
+    trial's number. (Checked again once frozen: the trial may have ended just before.)"""
     worker = f"{os.uname().nodename}:{victim.pid}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
+        assert victim.poll() is None, "the victim worker exited before running a trial"
         number = _running_on(url, worker)
         if number is not None:
             os.kill(victim.pid, signal.SIGSTOP)
             if _running_on(url, worker) == number:
-                os.kill(victim.pid, signal.SIGKILL)
-                victim.wait()
                 return number
             os.kill(victim.pid, signal.SIGCONT)
         time.sleep(0.05)
@@ -101,15 +104,22 @@ def test_four_workers_on_postgres_one_killed_mid_trial(
     data_dir: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    n = 8
+    n = 6
     path = search_file(tmp_path, data_dir, trials=n, steps=24)
     command = [sys.executable, "-m", "lmscope.tune", str(path), "--worker", "--storage", postgres]
-    workers = [
-        subprocess.Popen([*command, "--threads", "1"], env=ENV, stderr=subprocess.PIPE)
-        for _ in range(4)
-    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*command, "--threads", "1"], env=ENV, stderr=subprocess.PIPE)
+
+    # The victim starts first (so it surely gets a trial) and is frozen inside it; the other
+    # three start while it is frozen, and it is killed with SIGKILL while they work.
+    workers = [start()]
     try:
-        killed = _kill_mid_trial(postgres, workers[0])
+        killed = _freeze_mid_trial(postgres, workers[0])
+        workers += [start() for _ in range(3)]
+        time.sleep(1.0)
+        workers[0].kill()
+        workers[0].wait()
         for w in workers[1:]:
             _, err = w.communicate(timeout=180)
             assert w.returncode == 0, err.decode()[-2000:]
@@ -126,3 +136,27 @@ def test_four_workers_on_postgres_one_killed_mid_trial(
     assert retry[0].params == failed[0].params
     assert retry[0].user_attrs["worker"] != failed[0].user_attrs["worker"]
     assert len(trials) == n + 1
+
+
+def test_sigterm_mid_trial_requeues_it_and_the_next_run_finishes_it(
+    data_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    path = search_file(tmp_path, data_dir, trials=1, steps=120)
+    url = default_url(tmp_path / "study")
+    command = [sys.executable, "-m", "lmscope.tune", str(path), "--worker", "--threads", "1"]
+    worker = subprocess.Popen(command, env=ENV, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while _running_on(url, f"{os.uname().nodename}:{worker.pid}") is None:
+        assert time.monotonic() < deadline and worker.poll() is None
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 130, err.decode()[-2000:]
+    trials = load_study(url).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert "interrupted at step" in trials[0].user_attrs["error"]
+    assert trials[1].params == trials[0].params and trials[1].user_attrs["slot"] == 0
+    assert run_search(path) == 0  # the next run takes the queued retry
+    trials = load_study(url).get_trials()
+    assert trials[1].state in (TrialState.COMPLETE, TrialState.PRUNED) and len(trials) == 2

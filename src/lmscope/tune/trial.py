@@ -121,7 +121,8 @@ def run_trial(search: Search, trial: optuna.Trial, study_dir: Path) -> TrialOutc
         result = Trainer(config, resume=False, callbacks=[reporter]).run()
         outcome.train_s = time.perf_counter() - start
         if result.interrupted:
-            outcome.state = "INTERRUPTED"
+            step = result.record["final"]["step"]
+            outcome.state, outcome.error = "INTERRUPTED", f"interrupted at step {step}"
         else:
             outcome.metrics = metric_values(result.record, outcome.train_s)
             if search.evaluation is not None:
