@@ -168,3 +168,22 @@ def test_interventions_apply_when_the_prepacked_path_is_enabled() -> None:
         got = _logits(model, ids)
     torch.testing.assert_close(got, _logits(_surgery(model, COMPONENTS), ids), atol=1e-5, rtol=0)
     assert model.prepacked_enabled
+
+
+def test_route_check_of_an_earlier_position_and_through_explain(model) -> None:  # type: ignore[no-untyped-def]
+    """A route to position 4 is checked on the prompt cut after 4 (later tokens cannot matter):
+    the same as building everything on the cut prompt; explain(route_check=True) reports it."""
+    from lmscope.explain import explain
+
+    ids = tokens(T)
+    full = compute_flow(model, record(model, ids)).routes(4, 0.05)
+    cut = compute_flow(model, record(model, ids[:5])).routes(-1, 0.05)
+    a = route_faithfulness(model, ids, full, target=3, n_random=3)
+    b = route_faithfulness(model, ids[:5], cut, target=3, n_random=3)
+    assert a.components == b.components and a.meta["position"] == 4
+    assert a.route_drop == pytest.approx(b.route_drop, abs=1e-5)
+    assert a.random_drops == pytest.approx(b.random_drops, abs=1e-5)
+    ex = explain(model, ids, target=4, tau=0.05, saliency=False, route_check=True)
+    check = ex.to_dict()["route_check"]
+    assert check["components"] == a.components and check["target"] == ex.prediction[0].token
+    assert "route_check" not in explain(model, ids, saliency=False).to_dict()

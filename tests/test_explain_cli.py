@@ -96,6 +96,12 @@ def test_attribute_aggregate_and_rules(cli: typer.Typer, tmp_path: Path) -> None
     assert "fidelity" in res.output and "the model answers" in res.output
 
 
+def test_default_run_with_a_route_check(cli: typer.Typer) -> None:
+    res = run(cli, "tiny", "hello there", "--route-check", "--no-saliency")
+    assert res.exit_code == 0, res.output
+    assert "route check: ablating the" in res.output and "score" in res.output
+
+
 def test_help_lists_the_subcommands(cli: typer.Typer) -> None:
     res = run(cli, "--help")
     assert res.exit_code == 0

@@ -61,6 +61,11 @@ def explain(
     ),
     top: int = typer.Option(10, "--top", help="How many tokens, heads and lens rows to show."),
     saliency: bool = typer.Option(True, help="Also compute gradient x input attribution."),
+    route_check: bool = typer.Option(
+        False,
+        "--route-check",
+        help="Ablate the route's heads/MLPs vs as many random ones (the target's log-prob drop).",
+    ),
 ) -> None:
     """Explain a prediction: information-flow routes, heads, neurons, logit lens, saliency
     (the default: `lmscope explain MODEL PROMPT`)."""
@@ -92,6 +97,7 @@ def explain(
             norm=norm,
             k=top,
             saliency=saliency,
+            route_check=route_check,
         )
     if out is not None:
         with err_console.status(f"writing {out}"):
@@ -156,6 +162,13 @@ def _print_summary(ex: object, top: int) -> None:
         if node == "embed" or node.endswith("resid_post"):
             lens.add_row(node, str(rank), f"{prob:.4f}", repr(tops.get(node, "")))
     console.print(lens)
+    if ex.route_check is not None:
+        rc = ex.route_check
+        console.print(
+            f"route check: ablating the {len(rc.components)} route components drops the "
+            f"log-prob of {ex.decode(rc.target)!r} by {rc.route_drop:.3f}; as many random "
+            f"components: {rc.random_drop:.3f} on average (score {rc.score:+.3f})"
+        )
     console.print("Write --out report.html for the interactive graph, maps and tables.")
 
 

@@ -81,6 +81,7 @@ class Explanation(JsonResult):
     model_ref: Transformer | None = None
     decoder: Callable[[int], str] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    route_check: Any = None  # causal.RouteFaithfulness when asked for (explain(route_check=True))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +105,7 @@ class Explanation(JsonResult):
             "promotions": [p.to_dict() for p in self.promotions],
             "saliency": [s.to_dict() for s in self.saliency],
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            **({"route_check": self.route_check.to_dict()} if self.route_check else {}),
         }
 
     def decode(self, token: int) -> str:
@@ -148,6 +150,7 @@ def explain(
     norm: str = "l1",
     k: int = 10,
     saliency: bool = True,
+    route_check: bool = False,
     name: str | None = None,
     should_stop: ShouldStop | None = None,
 ) -> Explanation:
@@ -157,6 +160,8 @@ def explain(
         Face model must be converted first with `lmscope.zoo.hf.from_hf`).
     target: the token position whose final residual (and next-token prediction) is explained.
     tau: route threshold in [0, 1]; renormalise: see `lmscope.explain.routes`.
+    route_check: also ablate the route's heads and MLPs against random ones
+        (`causal.route_faithfulness`, 11 more forward passes) and report it as `route_check`.
     should_stop: checked between stages; True raises ExplanationCancelled.
     """
     if isinstance(getattr(model, "model", None), Transformer) and hasattr(model, "tokenizer"):
@@ -186,6 +191,7 @@ def explain(
         norm=norm,
         k=k,
         saliency=saliency,
+        route_check=route_check,
         decode=decode,
         prompt=prompt if isinstance(prompt, str) else None,
         name=name,
@@ -205,6 +211,7 @@ def explain_view(
     k: int = 10,
     saliency: bool = True,
     saliency_token: int | None = None,
+    route_check: bool = False,
     decode: Callable[[int], str] | None = None,
     prompt: str | None = None,
     name: str | None = None,
@@ -259,6 +266,12 @@ def explain_view(
         token = prediction[0].token if saliency_token is None else saliency_token
         attributions.insert(0, gradient_x_input(model, ids, target, token, should_stop=should_stop))
     clock.lap("saliency")
+    check = None
+    if route_check:
+        from lmscope.explain.causal import route_faithfulness
+
+        check = route_faithfulness(model, ids, routes, prediction[0].token)
+        clock.lap("route_check")
     return Explanation(
         model=name or "model",
         tokens=list(ids),
@@ -278,6 +291,7 @@ def explain_view(
         neurons=neurons,
         promotions=promotions,
         saliency=attributions,
+        route_check=check,
         prompt=prompt,
         flow=flow,
         view=view,

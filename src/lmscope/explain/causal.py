@@ -120,8 +120,9 @@ def route_faithfulness(
 ) -> RouteFaithfulness:
     """Ablate the route's components vs random off-route sets of the same size (module doc).
 
-    tokens: the prompt the route graph was built on, up to its target position (the last one).
-    target: the token id watched (default: the model's top prediction).
+    tokens: the prompt the route graph was built on; routes: a route graph of one target
+    position (the prediction there is watched; later tokens are dropped, as they cannot matter).
+    target: the token id watched (default: the model's top prediction at that position).
     """
     check_count(n_random, "n_random")
     t = to_tokens(tokens).to(model.device)
@@ -130,10 +131,12 @@ def route_faithfulness(
             f"the route graph was built on {routes.n_tokens} tokens, got {t.shape[1]}; pass the "
             "same prompt"
         )
-    if len(routes.targets) != 1 or routes.targets[0] != t.shape[1] - 1:
+    if len(routes.targets) != 1:
         raise ExplainInputError(
-            "route faithfulness needs a route graph of the last token only (targets=-1)"
+            f"route faithfulness needs a route graph of one target position, got "
+            f"{len(routes.targets)}"
         )
+    t = t[:, : routes.targets[0] + 1]
     check_token_id(model, target, "target")
     with eval_mode(model), torch.no_grad():
         if target is None:
@@ -157,7 +160,12 @@ def route_faithfulness(
             pick += [pool[int(i)] for i in torch.randperm(len(pool), generator=gen)[:n]]
         value = target_logprob(model, t, target, ablation_edits(model, pick, mode, clean))
         drops.append(base - value)
-    meta: dict[str, Any] = {"n_random": n_random, "seed": seed, "tau": routes.tau}
+    meta: dict[str, Any] = {
+        "n_random": n_random,
+        "seed": seed,
+        "tau": routes.tau,
+        "position": routes.targets[0],
+    }
     if short:
         meta["note"] = (
             f"fewer off-route {' and '.join(short)} components than on the route; random sets "
