@@ -378,3 +378,32 @@ def test_minutes_budget_stops_starting_trials(data_dir: Path, tmp_path: Path) ->
     states = [t.state for t in trials_of(tmp_path)]
     finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
     assert 1 <= finished < 20 and states.count(TrialState.WAITING) == 20 - finished
+
+
+@pytest.mark.parametrize("name", ["random", "gp", "qmc"])
+def test_other_samplers_run_a_small_study(data_dir: Path, tmp_path: Path, name: str) -> None:
+    run_search(write_search(tmp_path, data_dir, sampler=name, pruner="none", budget={"trials": 3}))
+    trials = trials_of(tmp_path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:  # every sampled value inside its range
+        assert 1e-4 <= t.params["optim.lr"] <= 1e-2 and 0 <= t.params["schedule.warmup_steps"] <= 4
+
+
+def test_missing_optional_packages_are_named(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from lmscope.tune.dashboard import serve_dashboard
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda n, *a: None if n in ("cmaes", "optuna_dashboard") else real(n, *a),
+    )
+    with pytest.raises(TuneError, match="pip install cmaes"):
+        run_search(write_search(tmp_path, data_dir, sampler="cmaes"))
+    assert not (tmp_path / "study").exists()
+    with pytest.raises(TuneError, match="pip install optuna-dashboard"):
+        serve_dashboard("sqlite:///nothing.db", 8080)

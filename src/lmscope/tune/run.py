@@ -85,8 +85,9 @@ def run_worker_setup(search: Search, url: str) -> None:
     from lmscope.tune.samplers import make_pruner, make_sampler
     from lmscope.tune.study import open_study
 
+    sampler, pruner = make_sampler(search, search.seed, True), make_pruner(search)
     storage = open_storage(url, search.heartbeat_s, search.grace_s, search.max_retry)
-    open_study(search, storage, make_sampler(search, search.seed, True), make_pruner(search), True)
+    open_study(search, storage, sampler, pruner, True)
 
 
 def fail_line(err: BaseException) -> int:

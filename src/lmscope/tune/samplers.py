@@ -7,12 +7,16 @@ Pruners see the trainer's validation losses at the steps it evaluates (`eval.eve
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import optuna
 
 from lmscope.tune.errors import TuneError
 from lmscope.tune.search import Search
+
+# optional packages each sampler imports when it first samples
+NEEDS = {"cmaes": [("cmaes", "cmaes")], "gp": [("scipy", "scipy")], "qmc": [("scipy", "scipy")]}
 
 
 def _build(kind: str, name: str, factory: Any, options: dict[str, Any]) -> Any:
@@ -28,6 +32,9 @@ def make_sampler(search: Search, seed: int | None, parallel: bool) -> optuna.sam
     ask at the same moment are steered apart."""
     options = dict(search.sampler_options)
     s = optuna.samplers
+    for module, package in NEEDS.get(search.sampler, ()):
+        if importlib.util.find_spec(module) is None:
+            raise TuneError(f"sampler {search.sampler} needs {package}: pip install {package}")
     if search.sampler in ("grid", "random"):  # grid: every point is queued, nothing to sample
         return _build("sampler", search.sampler, s.RandomSampler, {"seed": seed, **options})
     if search.sampler == "tpe":

@@ -104,9 +104,9 @@ def run_worker(
         import torch
 
         torch.set_num_threads(threads)
+    sampler, pruner = make_sampler(search, seed, parallel), make_pruner(search)  # checks first
     storage: RDBStorage = open_storage(url, search.heartbeat_s, search.grace_s, search.max_retry)
-    sampler = make_sampler(search, seed, parallel)
-    study = open_study(search, storage, sampler, make_pruner(search), top_up)
+    study = open_study(search, storage, sampler, pruner, top_up)
     search.study_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     result = WorkerResult()
