@@ -143,7 +143,10 @@ def test_unsupported_modes_dtypes_and_devices_say_what_is_supported() -> None:
     with pytest.raises(QuantizationError, match=r"'int4'.*supported is int8"):
         quantize_for_decoding(model, "int4")
     bf16 = make_model().to(torch.bfloat16)
-    with pytest.raises(QuantizationError, match=r"bfloat16 model on cpu.*float32 models on a CPU"):
+    with pytest.raises(
+        QuantizationError,
+        match=r"bfloat16 model on cpu: supported is int8 weights for float32 models on a CPU",
+    ):
         quantize_for_decoding(bf16)
     assert quantized_path(bf16) is None
 

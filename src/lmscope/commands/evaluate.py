@@ -61,6 +61,7 @@ def _evaluate(
     limit: int | None,
     threads: int | None,
     endpoint: Endpoint | None = None,
+    quantize: str | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -81,6 +82,10 @@ def _evaluate(
         from lmscope.train.distributed import init_distributed
 
         lm = load(model)
+        if quantize is not None:  # scored with the int8 weights, as `serve --quantize` serves
+            from lmscope.model.quantized import quantize_for_decoding
+
+            quantize_for_decoding(lm.model, quantize)
         info = init_distributed("cpu")
         if info.enabled:  # started by torchrun: each process takes a share of the work
             from lmscope.evaluate.backends import ShardedBackend
@@ -92,7 +97,10 @@ def _evaluate(
         return run_tasks(lm, specs)
     progress, for_task = _progress_factory()
     with progress:
-        return run_tasks(lm, specs, progress=for_task)
+        report = run_tasks(lm, specs, progress=for_task)
+    if quantize is not None:
+        report["model"]["weights"] = quantize
+    return report
 
 
 def _is_main_process() -> bool:
@@ -140,13 +148,20 @@ def eval_command(
     ),
     context: int = typer.Option(2048, help="With --endpoint: the served context length."),
     api_key: str | None = typer.Option(None, envvar="OPENAI_API_KEY", help="With --endpoint."),
+    quantize: str | None = typer.Option(
+        None, "--quantize", help="int8: evaluate the weights `serve --quantize int8` serves."
+    ),
 ) -> None:
     """Evaluate MODEL on TASKS: every metric with its 95% CI and item count, JSON + HTML."""
     from lmscope.evaluate.report import write_report
 
+    if quantize is not None:
+        from lmscope.model.quantized import check_quantize_mode
+
+        check_quantize_mode(quantize)
     specs = _load_specs(tasks)
     served = Endpoint(endpoint, tokenizer, context, api_key) if endpoint else None
-    report = _evaluate(model, specs, limit, threads, served)
+    report = _evaluate(model, specs, limit, threads, served, quantize)
     if not _is_main_process():
         return
     _print_report(report)

@@ -55,19 +55,28 @@ def generate(
         help="Prepack float32 weights for faster CPU decoding (costs one more copy of the "
         "weights in memory).",
     ),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="int8: weights quantized once at load (float32 CPU models; about 3x faster "
+        "decoding, bits per byte within 1%).",
+    ),
     stats: bool = typer.Option(True, help="Print token counts and speed to stderr at the end."),
 ) -> None:
     """Generate text from MODEL, streaming it to the terminal as it is produced."""
     import torch
 
     from lmscope.engine import GenerationError, SamplingParams, stream
-    from lmscope.model.prepacked import optimize_for_decoding
+    from lmscope.model.decoding import prepare_for_decoding
+    from lmscope.model.quantized import check_quantize_mode
     from lmscope.zoo.registry import load
 
     if threads is not None:
         if threads < 1:
             raise GenerationError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
+    if quantize is not None:
+        check_quantize_mode(quantize, dtype.value)  # before loading anything
     text = sys.stdin.read() if prompt == "-" else prompt
     params = SamplingParams(
         max_new_tokens=max_tokens,
@@ -83,8 +92,7 @@ def generate(
         raise GenerationError(
             f"model {model!r} has no tokenizer; save one with the checkpoint to generate text"
         )
-    if prepack:
-        optimize_for_decoding(loaded.model)
+    prepare_for_decoding(loaded.model, quantize=quantize, prepack=prepack)
     messages = None
     if chat:
         messages = [{"role": "user", "content": text}]

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmscope.model.config import ConfigError
 from lmscope.model.layers import ACTIVATIONS
 from lmscope.model.prepacked import PrepackedPath
 
@@ -38,8 +39,8 @@ QUANTIZE_MODES = ("int8",)
 OUTLIER_SPREAD, OUTLIER_FACTOR, MAX_OUTLIERS = 100.0, 10.0, 32
 
 
-class QuantizationError(ValueError):
-    """A model, dtype, device or mode the quantized kernels do not support."""
+class QuantizationError(ConfigError):
+    """A model, dtype, device or mode the quantized kernels do not support (a user error)."""
 
 
 def _reduce_range() -> bool:
@@ -237,20 +238,27 @@ class QuantizedPath(PrepackedPath):
         self.outlier_projections = sum(fast.outliers is not None for fast in projections)  # type: ignore[attr-defined]
 
 
-def check_quantizable(model: Transformer, mode: str) -> None:
-    """Raise QuantizationError, naming what is supported, unless `mode` can run on `model`."""
-    supported = "int8 weights for float32 models on a CPU (torch's fbgemm/oneDNN/qnnpack kernels)"
+SUPPORTED = "int8 weights for float32 models on a CPU (torch's fbgemm/oneDNN/qnnpack kernels)"
+
+
+def check_quantize_mode(mode: str, dtype: str = "float32", device: str = "cpu") -> None:
+    """Raise QuantizationError, naming what is supported, unless `mode` can run for a model of
+    this dtype on this device (checked before anything is loaded)."""
     if mode not in QUANTIZE_MODES:
         raise QuantizationError(
-            f"cannot quantize to {mode!r}: supported is {supported}; "
+            f"cannot quantize to {mode!r}: supported is {SUPPORTED}; "
             f"choose --quantize {' or '.join(QUANTIZE_MODES)}"
         )
-    device, dtype = model.device.type, str(model.dtype).removeprefix("torch.")
-    if device != "cpu" or model.dtype != torch.float32:
+    if device != "cpu" or dtype != "float32":
         raise QuantizationError(
-            f"cannot quantize a {dtype} model on {device}: supported is {supported}; "
-            "load it with --dtype float32 on the CPU, or drop --quantize"
+            f"cannot quantize a {dtype} model on {device}: supported is {SUPPORTED}; "
+            "load it as float32 on the CPU, or drop --quantize"
         )
+
+
+def check_quantizable(model: Transformer, mode: str) -> None:
+    """Raise QuantizationError, naming what is supported, unless `mode` can run on `model`."""
+    check_quantize_mode(mode, str(model.dtype).removeprefix("torch."), model.device.type)
     if not quantized_engine_available():
         raise QuantizationError(
             f"this torch build has no working quantized linear kernels "
