@@ -27,6 +27,7 @@ class _Axis:
             self.categories = sorted({str(v) for v in values})
             return
         self.log = log and min(numbers) > 0
+        self.integers = all(isinstance(v, int) for v in numbers) and not self.log
         f = self._f
         lo, hi = min(map(f, numbers)), max(map(f, numbers))
         self.lo, self.hi = (lo - 0.5, hi + 0.5) if lo == hi else (lo, hi)
@@ -45,6 +46,9 @@ class _Axis:
     def ticks(self) -> list[tuple[float, str]]:
         if self.categories is not None:
             return [(self(c), c) for c in self.categories]
+        if self.integers:  # whole numbers at their own places (trial numbers, steps, widths)
+            whole = sorted({round(self.lo + i * (self.hi - self.lo) / 4) for i in range(5)})
+            return [(self(v), str(v)) for v in whole]
         out = []
         for i in range(5):
             raw = self.lo + i * (self.hi - self.lo) / 4
@@ -136,6 +140,9 @@ def curves_svg(data: dict[str, Any]) -> str:
         lines.append(
             f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="1.2"><title>trial {r["number"]}</title></polyline>'
         )
+        if pts:  # where the curve ended (a trial pruned at its first report is only this dot)
+            cx, cy = pts.split(" ")[-1].split(",")
+            lines.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>')
     return _frame(
         "Validation loss during training (grey: pruned)",
         "".join(lines),
@@ -183,7 +190,7 @@ def parallel_svg(data: dict[str, Any]) -> str:
             f'<line x1="{xs[i]:.1f}" y1="20" x2="{xs[i]:.1f}" y2="{H - PAD}" class="axis"/>'
         )
         body.append(
-            f'<text x="{xs[i]:.1f}" y="{H - PAD + 16}" text-anchor="middle" class="tick">{_esc(col)}</text>'
+            f'<text x="{xs[i]:.1f}" y="{H - PAD + 14 + 12 * (i % 2)}" text-anchor="middle" class="tick">{_esc(col)}</text>'
         )
         for pos, text in axes[i].ticks()[:: 2 if axes[i].categories is None else 1]:
             body.append(f'<text x="{xs[i] + 3:.1f}" y="{pos:.1f}" class="tick">{_esc(text)}</text>')
