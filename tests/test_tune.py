@@ -116,6 +116,8 @@ def test_literal_reads_back_as_the_same_value() -> None:
         ({"space": {"finetune.lora.r": {"type": "int", "low": 2, "high": 8,
                                         "when": {"mode": "lora"}}}}, "not in the search space"),
         ({"budget": {"trials": 0}}, "budget.trials must be a positive whole number"),
+        ({"budget": 0}, "budget.trials must be a positive whole number"),
+        ({"budget": {"tokens": -5}}, "budget.tokens must be a positive whole number"),
         ({"budget": {}}, "budget is missing"),
         ({"budget": {"minutes": 0}}, "budget.minutes must be a positive number"),
         ({"sampler": "tpee"}, "did you mean 'tpe'"),

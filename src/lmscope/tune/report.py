@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 import yaml
+from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 
 from lmscope.files import atomic_write_text
@@ -108,7 +109,9 @@ def importances(study: optuna.Study) -> list[dict[str, float]]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                found = optuna.importance.get_param_importances(study, target=target)
+                found = optuna.importance.get_param_importances(
+                    study, evaluator=PedAnovaImportanceEvaluator(), target=target
+                )
         except (RuntimeError, ValueError):  # e.g. one distinct value for every parameter
             found = {}
         out.append({k: float(v) for k, v in found.items()})

@@ -201,9 +201,9 @@ def _named(raw: Any, what: str, known: tuple[str, ...], default: str) -> tuple[s
 
 
 def _budget(raw: Any) -> Budget:
-    raw = raw or {}
-    if isinstance(raw, int) and not isinstance(raw, bool):
+    if isinstance(raw, int) and not isinstance(raw, bool):  # `budget: 20` means 20 trials
         raw = {"trials": raw}
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise TuneError("budget must be a mapping: {trials: N, minutes: M, tokens: T}")
     unknown = sorted(set(raw) - {"trials", "minutes", "tokens"})
