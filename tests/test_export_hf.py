@@ -56,6 +56,10 @@ def test_transformers_loads_the_export_with_our_logits(preset: str, tmp_path: Pa
         ours = model(tokens)
     theirs = hf_logits(out, tokens)
     assert (ours - theirs).abs().max().item() < 1e-5
+    from lmscope.zoo.hf import from_hf
+
+    with torch.no_grad():  # and lmscope reads its own export back
+        assert (from_hf(out)(tokens) - ours).abs().max().item() < 1e-5
 
 
 def test_a_model_without_a_family_is_matched_by_shape(tmp_path: Path) -> None:
