@@ -409,3 +409,11 @@ def test_missing_optional_packages_are_named(
     assert not (tmp_path / "study").exists()
     with pytest.raises(TuneError, match="pip install optuna-dashboard"):
         serve_dashboard("sqlite:///nothing.db", 8080)
+
+
+def test_a_new_study_refuses_a_directory_with_old_trials(data_dir: Path, tmp_path: Path) -> None:
+    search = write_search(tmp_path, data_dir, budget={"trials": 1}, pruner="none")
+    run_search(search)
+    (tmp_path / "study" / "study.db").unlink()  # the database is gone, the trial outputs stay
+    with pytest.raises(TuneError, match="holds the trials of an earlier study"):
+        run_search(search)

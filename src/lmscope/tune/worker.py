@@ -20,6 +20,7 @@ import optuna
 from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
 
+from lmscope.tune.errors import TuneError
 from lmscope.tune.samplers import make_pruner, make_sampler
 from lmscope.tune.search import Search
 from lmscope.tune.storage import open_storage, quiet, retry_callback
@@ -90,6 +91,20 @@ def record(
         retry_callback(None)(study, frozen)
 
 
+def _refuse_leftovers(study: optuna.Study, study_dir: Path) -> None:
+    """A new study in a directory that holds another study's trials (its database deleted, say)
+    would collide with their output directories. The directory is looked at before the trials,
+    so a worker that joins just as another starts the first trial is not refused."""
+    folder = study_dir / "trials"
+    if not (folder.is_dir() and any(folder.iterdir())):
+        return
+    if all(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+        raise TuneError(
+            f"{folder} holds the trials of an earlier study; delete it or give this search "
+            "another study.dir"
+        )
+
+
 def run_worker(
     search: Search,
     url: str,
@@ -107,6 +122,7 @@ def run_worker(
     sampler, pruner = make_sampler(search, seed, parallel), make_pruner(search)  # checks first
     storage: RDBStorage = open_storage(url, search.heartbeat_s, search.grace_s, search.max_retry)
     study = open_study(search, storage, sampler, pruner, top_up)
+    _refuse_leftovers(study, search.study_dir)
     search.study_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     result = WorkerResult()
