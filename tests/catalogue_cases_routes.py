@@ -25,6 +25,8 @@ from catalogue_cases import (
     ok,
 )
 
+VOCAB, RANGE = "invalid_token_id", "out_of_range"  # limits of this model and prompt
+
 
 def _explain_cases() -> list[Case]:
     x = explain
@@ -47,7 +49,9 @@ def _explain_cases() -> list[Case]:
                 {"messages": [{"role": "user", "content": SURROGATE}], **extra},
                 "messages.[0].content",
             ),
-            bad(f"{tag} id out of vocab", path, x(prompt=[1, 10**9], **extra), "prompt"),
+            bad(
+                f"{tag} id out of vocab", path, x(prompt=[1, 10**9], **extra), "prompt", code=VOCAB
+            ),
             bad(f"{tag} unknown field", path, x(bogus=1, **extra), "bogus"),
         ]
     s, h, n, lens, r = E + "/saliency", E + "/head", E + "/neurons", E + "/lens", E + "/routes"
@@ -65,7 +69,7 @@ def _explain_cases() -> list[Case]:
         bad("e/model unknown", E, x(model="nope"), "model", status=404),
         bad("e/model surrogate", E, x(model=SURROGATE), "model"),
         bad("e/norm l3", E, x(norm="l3"), "norm"),
-        bad("e/target out of range", E, x(target=10**6), "target"),
+        bad("e/target out of range", E, x(target=10**6), "target", code=RANGE),
         bad("e/target true", E, x(target=True), "target"),
         bad(
             "e/completion_target out of range",
@@ -82,7 +86,7 @@ def _explain_cases() -> list[Case]:
         bad("e/routes target -999", r, x(target=-999), "target"),
         bad("e/routes tau inf", r, x(tau=INF), "tau"),
         bad("e/head layer missing", h, x(head=0), "layer"),
-        bad("e/head layer 99", h, x(layer=99, head=0), "layer"),
+        bad("e/head layer 99", h, x(layer=99, head=0), "layer", code=RANGE),
         bad("e/head layer true", h, x(layer=True, head=0), "layer"),
         bad("e/head head -1", h, x(layer=0, head=-1), "head"),
         bad("e/head head 99", h, x(layer=0, head=99), "head"),
@@ -92,15 +96,22 @@ def _explain_cases() -> list[Case]:
         bad("e/neurons vocab_k 0", n, x(vocab_k=0, **neuron), "vocab_k"),
         bad("e/neurons k 1000", n, x(k=1000, **neuron), "k"),
         bad("e/lens node missing", lens, x(), "node"),
-        bad("e/lens node L99", lens, x(node="L99/resid_post"), "node"),
+        bad("e/lens node L99", lens, x(node="L99/resid_post"), "node", code=RANGE),
         bad("e/lens node garbage", lens, x(node="garbage"), "node"),
         bad("e/lens node surrogate", lens, x(node=SURROGATE), "node"),
         bad("e/lens position 999", lens, x(position=999, **node), "position"),
         bad("e/saliency method", s, x(method="magic"), "method"),
         bad("e/saliency token surrogate", s, x(token=SURROGATE), "token"),
-        bad("e/saliency token out of vocab", s, x(token=10**9), "token"),
+        bad("e/saliency token out of vocab", s, x(token=10**9), "token", code=VOCAB),
         bad("e/saliency token -1", s, x(token=-1), "token"),
-        bad("e/saliency token multi-token text", s, x(token="quick brown fox jumps"), "token"),
+        bad(
+            "e/saliency token multi-token text",
+            s,
+            x(token="quick brown fox jumps"),
+            "token",
+            code="not_one_token",
+        ),
+        bad("e/saliency token empty", s, x(token=""), "token"),
         bad("e/saliency foil surrogate", s, x(foil=SURROGATE), "foil"),
         bad("e/saliency score prob", s, x(score="prob"), "score"),
         bad("e/saliency n_steps 0", s, x(method="integrated_gradients", n_steps=0), "n_steps"),
@@ -108,7 +119,14 @@ def _explain_cases() -> list[Case]:
         bad("e/saliency residual 2", s, x(method="attention_rollout", residual=2), "residual"),
         bad("e/saliency residual NaN", s, x(residual=NAN), "residual"),
         bad("e/saliency target out of range", s, x(target=500), "target"),
+        bad(
+            "e/completion_target without completion", E, x(completion_target=0), "completion_target"
+        ),
+        bad("e/lens node with a kind it cannot read", lens, x(node="L0/attn/2"), "node"),
         ok("e/routes valid", r, x()),
+        ok("e/integers written 3.0", h, x(prompt=[1.0, 2.0, 3.0], layer=0.0, head=0.0, k=3.0)),
+        ok("e/saliency token id 5.0", s, x(token=5.0)),
+        ok("e/lens route node id", lens, x(node="L0/resid_post/1")),
         ok("e/lens valid", lens, x(**node)),
     ]
 
@@ -145,12 +163,22 @@ def _feedback_cases() -> list[Case]:
             "comment",
         ),
         bad("f/unknown field", F, {"response_id": "cmpl-1", "score": 1, "bogus": 1}, "bogus"),
+        bad("f/only a null thumb", F, {"response_id": "cmpl-1", "thumbs": None}, ANY),
         bad(
             "f/unknown response",
             F,
             {"response_id": "cmpl-unknown", "thumbs": "up"},
-            ANY,
+            "response_id",
             status=404,
+            code="response_not_found",
+        ),
+        bad(
+            "f/rating 4.0 of an unknown response",
+            F,
+            {"response_id": "x", "rating": 4.0},
+            "response_id",
+            status=404,
+            code="response_not_found",
         ),
     ]
 

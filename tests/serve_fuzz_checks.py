@@ -1,11 +1,13 @@
 """schemathesis hooks for tests/test_serve_fuzz.py (loaded through SCHEMATHESIS_HOOKS).
 
-`positive_data_acceptance` expects every schema-valid request to succeed. Two limits depend on
-the served model and cannot be written in its JSON Schema: the prompt's token count plus
+`positive_data_acceptance` expects every schema-valid request to succeed. Some limits depend on
+the served model or the server's settings and cannot be written in its JSON Schema: the prompt's token count plus
 `max_tokens` must fit the context window (it depends on the tokenizer), and token ids (in
-`prompt` or `logit_bias`) must be inside the vocabulary. This check is that built-in check with
-exactly those exceptions: a schema-valid request may get a 400 only with code
-`context_length_exceeded` or `invalid_token_id`, or one about a structured-output field
+`prompt` or `logit_bias`) must be inside the vocabulary; for explanations, positions, layers and
+heads must exist in the prompt and the model, and a `token` given as text must be one token;
+and prompts x n must fit the server's queue (its --max-queue and --max-batch settings).
+This check is that built-in check with exactly those exceptions: a schema-valid request may get
+a 400 only with a code in LIMITS_THE_SCHEMA_CANNOT_EXPRESS, or one about a structured-output field
 (`response_format`, `tools`, ...): their contents are JSON schemas that the grammar compiler
 checks (a valid schema it can enforce, unique function names, a chat template that reads tools),
 which the document's own schema cannot express.
@@ -18,7 +20,13 @@ from typing import Any
 
 import schemathesis
 
-LIMITS_THE_SCHEMA_CANNOT_EXPRESS = {"context_length_exceeded", "invalid_token_id"}
+LIMITS_THE_SCHEMA_CANNOT_EXPRESS = {
+    "context_length_exceeded",
+    "invalid_token_id",
+    "out_of_range",  # explain: a position, layer or head this prompt or model does not have
+    "not_one_token",  # explain: a `token`/`foil` text the tokenizer splits into several tokens
+    "too_many_completions",  # prompts x n over what this server's queue and batch can hold
+}
 STRUCTURED_FIELDS = {"response_format", "tools", "tool_choice", "functions", "function_call"}
 
 

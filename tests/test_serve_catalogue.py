@@ -58,8 +58,9 @@ class Served:
     log: Tracebacks
 
 
-def serve(checkpoint: Path, **settings: Any) -> Iterator[Served]:
+def serve(checkpoint: Path, feedback_db: Path, **settings: Any) -> Iterator[Served]:
     config = ServeSettings(
+        feedback_db=str(feedback_db),  # every answer is recorded and can be rated
         models=[ModelSpec("tiny", str(checkpoint))],
         api_key=KEY,
         max_seq_len=128,
@@ -80,13 +81,13 @@ def serve(checkpoint: Path, **settings: Any) -> Iterator[Served]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint: Path) -> Iterator[Served]:
-    yield from serve(tiny_checkpoint)
+def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from serve(tiny_checkpoint, tmp_path_factory.mktemp("ab") / "feedback.sqlite3")
 
 
 @pytest.fixture(scope="module")
-def no_queue(tiny_checkpoint: Path) -> Iterator[Served]:
-    yield from serve(tiny_checkpoint, max_queue=0)
+def no_queue(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from serve(tiny_checkpoint, tmp_path_factory.mktemp("ab") / "fb.sqlite3", max_queue=0)
 
 
 # ---- judging an answer -------------------------------------------------------------------------
@@ -383,6 +384,16 @@ def concurrent_mix(base: str) -> str | None:
     return None
 
 
+def rate_a_real_answer(base: str) -> str | None:
+    """The acceptable path next to the refusals: an answer's id, rated 4.0, is stored."""
+    answer = httpx.post(base + "/v1/completions", json=completions(), headers=AUTH, timeout=10)
+    body = {"response_id": answer.json()["id"], "rating": 4.0}
+    r = httpx.post(base + "/v1/feedback", json=body, headers=AUTH, timeout=10)
+    if r.status_code != 200 or r.json()["satisfaction"] != 0.75:
+        return f"feedback got {r.status_code}: {r.text[:200]}"
+    return None
+
+
 LONG = {"max_tokens": 90, "ignore_eos": True, "stream": True}
 HELD: dict[str, Callable[[str], str | None]] = {
     "slowloris partial requests": slowloris,
@@ -391,6 +402,7 @@ HELD: dict[str, Callable[[str], str | None]] = {
     "chat stream n=2 left": leave_mid_stream("/v1/chat/completions", chat(n=2, **LONG)),
     "client left before the answer": leave_before_answer,
     "24 concurrent mixed requests": concurrent_mix,
+    "feedback on a real answer": rate_a_real_answer,
 }
 
 

@@ -55,13 +55,15 @@ def test_openai_routes_pass_every_schemathesis_check(fuzz_server: str, tmp_path:
     assert len(mark.read_text()) > 100  # the acceptance check ran on the responses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="explain request schemas allow `messages: []`, which the routes refuse (400); "
-    "remove this marker once protocol/explain.py says minItems 1",
-)
 def test_explain_routes_pass_every_schemathesis_check(fuzz_server: str, tmp_path: Path) -> None:
     result = run_schemathesis(
         fuzz_server, tmp_path / "checked", "--include-path-regex", "^/v1/explain"
+    )
+    assert result.returncode == 0, result.stdout[-6000:]
+
+
+def test_feedback_routes_pass_every_schemathesis_check(fuzz_server: str, tmp_path: Path) -> None:
+    result = run_schemathesis(
+        fuzz_server, tmp_path / "checked", "--include-path-regex", "^/v1/(feedback|experiments)"
     )
     assert result.returncode == 0, result.stdout[-6000:]

@@ -56,7 +56,7 @@ def check_capacity(served: ServedModel, jobs: int, param: str = "n") -> None:
             f"this request asks for {jobs} completions (prompts x n); this server takes at most "
             f"{engine.max_queue + engine.max_batch} per request",
             param=param,
-            code="invalid_value",
+            code="too_many_completions",  # a cap of this server's settings, not of the schema
         )
     if engine.waiting + jobs > engine.max_queue:
         raise busy(served, f"{served.id}: {engine.waiting} requests already waiting")

@@ -61,6 +61,7 @@ from lmscope.serve.protocol.explain import (
     SaliencyResponse,
     TokenRef,
 )
+from lmscope.serve.serving import invalid_token_id
 from lmscope.serve.state import ServedModel, ServerState
 
 # Explanations hold T x T x heads x layers patterns and flow; longer prompts get slow and big.
@@ -106,7 +107,10 @@ def encode_prompt(served: ServedModel, body: PromptFields) -> Prompt:
                 raise FieldError("the prompt is empty; give some text to explain", "prompt")
             ids, text = encode_text(tok, body.prompt), body.prompt
         elif body.prompt is not None:
-            ids = check_token_ids(body.prompt, cfg.vocab_size)
+            try:
+                ids = check_token_ids(body.prompt, cfg.vocab_size)
+            except GenerationError as err:
+                raise invalid_token_id(str(err), "prompt") from None
         else:
             ids = _chat_ids(tok, body)
     except GenerationError as err:
@@ -141,12 +145,18 @@ def _chat_ids(tokenizer: Any, body: PromptFields) -> list[int]:
         raise FieldError(f"cannot apply the chat template: {err}", "messages") from None
 
 
+# The code of a 400 for a position, layer or head outside what this prompt or model has: a
+# limit that depends on the model and the prompt's tokens, so no JSON schema can state it.
+OUT_OF_RANGE = "out_of_range"
+NOT_ONE_TOKEN = "not_one_token"  # a `token`/`foil` text that is not exactly one token
+
+
 def checked(param: str, check: Callable[..., T], *args: Any) -> T:
-    """Run one of the explain library's checks; its error becomes a 400 about `param`."""
+    """Run one of the explain library's range checks; its error becomes a 400 about `param`."""
     try:
         return check(*args)
     except ExplainInputError as err:
-        raise FieldError(str(err), param) from None
+        raise APIError(400, str(err), param=param, code=OUT_OF_RANGE) from None
 
 
 def node_position(node: str) -> int | None:
@@ -173,12 +183,15 @@ def token_id(prompt: Prompt, value: TokenRef | None, param: str) -> int | None:
     vocab = prompt.served.model.cfg.vocab_size
     if isinstance(value, int):
         if not 0 <= value < vocab:
-            raise FieldError(f"{param} id {value} is outside [0, {vocab})", param)
+            raise invalid_token_id(f"{param} id {value} is outside [0, {vocab})", param)
         return value
     ids = encode_text(prompt.served.tokenizer, value, add_special_tokens=False)
     if len(ids) != 1:
-        raise FieldError(
-            f"{param} {value!r} is {len(ids)} tokens; give a single token (text or id)", param
+        raise APIError(
+            400,
+            f"{param} {value!r} is {len(ids)} tokens; give a single token (text or id)",
+            param=param,
+            code=NOT_ONE_TOKEN,
         )
     return ids[0]
 
@@ -273,10 +286,12 @@ class ExplainServing:
         if n_completion == 0:
             raise FieldError("completion_target needs a completion", "completion_target")
         if not 0 <= index < n_completion or prompt.n_prompt_tokens + index == 0:
-            raise FieldError(
+            raise APIError(
+                400,
                 f"completion_target {index} is out of range; the completion has {n_completion} "
                 f"tokens (0..{n_completion - 1})",
-                "completion_target",
+                param="completion_target",
+                code=OUT_OF_RANGE,
             )
         position = prompt.n_prompt_tokens + index
         return position - 1, prompt.tokens[position]

@@ -25,6 +25,7 @@ __all__ = [
     "StrictInt",
     "Text",
     "Usage",
+    "given",
     "json_numbers",
     "new_id",
     "now",
@@ -79,6 +80,11 @@ StrictBool = Annotated[bool, Strict()]
 Number = Annotated[float, Strict(), AllowInfNan(False)]
 Text = Annotated[str, Strict(), BeforeValidator(_unicode_text)]
 NonEmptyText = Annotated[str, Strict(), Field(min_length=1), BeforeValidator(_unicode_text)]
+
+
+def given(field: str) -> dict[str, Any]:
+    """JSON Schema for "`field` is present and not null"."""
+    return {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
 
 
 def new_id(prefix: str) -> str:

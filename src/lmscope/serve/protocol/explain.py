@@ -13,13 +13,24 @@ clients instead of failing the request.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from lmscope.explain.errors import ThresholdError, check_tau
-from lmscope.serve.protocol.common import FieldError, Number, StrictBool, StrictInt, Text
+from lmscope.serve.protocol.common import (
+    FieldError,
+    NonEmptyText,
+    Number,
+    StrictBool,
+    StrictInt,
+    Text,
+    given,
+    json_numbers,
+)
 from lmscope.serve.protocol.openai import ChatMessage
+from lmscope.serve.protocol.sampling import TokenIds
 
 JsonObject = dict[str, Any]
 
@@ -31,35 +42,38 @@ def _tau(value: float) -> float:
         raise ValueError(str(err)) from None
 
 
-Tau = Annotated[Number, AfterValidator(_tau)]
+Tau = Annotated[Number, Field(json_schema_extra={"minimum": 0, "maximum": 1}), AfterValidator(_tau)]
 TopK = Annotated[StrictInt, Field(ge=1, le=100)]
 
 
-def _token_id(value: int) -> int:
-    if value < 0:
-        raise ValueError(f"a token id is a non-negative integer, got {value}")
+# Text first: a string's own error (e.g. a lone surrogate) is the one reported for the field.
+TokenRef = NonEmptyText | Annotated[StrictInt, Field(ge=0)]
+
+
+# A residual node the lens reads, optionally with a position (a route-graph node id).
+NODE_PATTERN = r"^(embed|L[0-9]{1,4}/resid_(mid|post))(/[0-9]{1,6})?$"
+
+
+def _node_format(value: str) -> str:
+    if re.fullmatch(NODE_PATTERN, value) is None:
+        raise ValueError(
+            f"unknown residual node {value!r}; use 'embed', 'L<layer>/resid_mid' or "
+            "'L<layer>/resid_post', optionally followed by '/<position>'"
+        )
     return value
 
 
-# Text first: a string's own error (e.g. a lone surrogate) is the one reported for the field.
-TokenRef = Text | Annotated[StrictInt, AfterValidator(_token_id)]
-
-
 # ---- requests --------------------------------------------------------------------------------
-def _given(field: str) -> JsonObject:
-    return {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
-
-
 class PromptFields(BaseModel):
     """How every explain request names its prompt."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"oneOf": [_given("prompt"), _given("messages")]},
+        json_schema_extra={"oneOf": [given("prompt"), given("messages")]},
     )
 
     model: Text | None = None
-    prompt: Text | list[StrictInt] | None = Field(
+    prompt: NonEmptyText | TokenIds | None = Field(
         default=None, description="text (tokenized like /v1/completions) or token ids"
     )
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = Field(
@@ -69,6 +83,23 @@ class PromptFields(BaseModel):
         default=None, description="generated text appended after the prompt (no special tokens)"
     )
     norm: Literal["l1", "l2"] = "l1"
+
+    _INT_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"target", "completion_target", "k", "layer", "head", "source", "position", "vocab_k"}
+        | {"n_steps", "token", "foil"}
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_numbers(cls, data: Any) -> Any:
+        """NaN and infinity refused with the field named; 3.0 counts as 3 where an integer is
+        wanted, token ids included (JSON Schema's `integer` accepts it)."""
+        data = json_numbers(data, cls._INT_FIELDS)
+        if isinstance(data, dict) and isinstance(data.get("prompt"), list):
+            data["prompt"] = [
+                int(v) if isinstance(v, float) and v.is_integer() else v for v in data["prompt"]
+            ]
+        return data
 
     @model_validator(mode="after")
     def _one_prompt(self) -> PromptFields:
@@ -80,6 +111,21 @@ class PromptFields(BaseModel):
 
 
 class ExplainRequest(PromptFields):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [given("prompt"), given("messages")],
+            "allOf": [
+                {
+                    "if": given("completion_target"),
+                    "then": {
+                        "required": ["completion"],
+                        "properties": {"completion": {"type": "string", "minLength": 1}},
+                    },
+                }
+            ],
+        }
+    )
+
     target: StrictInt = Field(
         default=-1, description="token position whose prediction is explained"
     )
@@ -92,6 +138,12 @@ class ExplainRequest(PromptFields):
     renormalise: StrictBool = False
     k: TopK = 10
     saliency: StrictBool = True
+
+    @model_validator(mode="after")
+    def _completion_target_needs_completion(self) -> ExplainRequest:
+        if self.completion_target is not None and not self.completion:
+            raise FieldError("completion_target needs a completion", "completion_target")
+        return self
 
 
 class RoutesRequest(PromptFields):
@@ -118,7 +170,11 @@ class NeuronsRequest(PromptFields):
 
 
 class LensRequest(PromptFields):
-    node: Text = Field(description="'embed', 'L3/resid_mid', 'L3/resid_post' or a route node id")
+    node: Annotated[Text, AfterValidator(_node_format)] = Field(
+        description="'embed', 'L3/resid_mid', 'L3/resid_post' or a route node id of one of "
+        "them ('L3/resid_post/5': position 5)",
+        json_schema_extra={"pattern": NODE_PATTERN},
+    )
     position: StrictInt | None = Field(
         default=None, description="default: from the node id, else -1"
     )

@@ -3,19 +3,24 @@ in [0, 1], for the `id` of a completion or chat completion this server answered.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lmscope.serve.protocol.common import NonEmptyText, Number, StrictInt, Text
+from lmscope.serve.protocol.common import (
+    NonEmptyText,
+    Number,
+    StrictInt,
+    Text,
+    given,
+    json_numbers,
+)
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "oneOf": [{"required": ["thumbs"]}, {"required": ["rating"]}, {"required": ["score"]}]
-        },
+        json_schema_extra={"oneOf": [given("thumbs"), given("rating"), given("score")]},
     )
 
     response_id: NonEmptyText = Field(description="The `id` of the answer being rated.")
@@ -24,10 +29,15 @@ class FeedbackRequest(BaseModel):
     score: Number | None = Field(default=None, ge=0.0, le=1.0)
     comment: Text | None = Field(default=None, max_length=2000)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _json_numbers(cls, data: Any) -> Any:
+        return json_numbers(data, frozenset({"rating"}))  # a rating of 4.0 is 4
+
     @model_validator(mode="after")
     def _exactly_one(self) -> FeedbackRequest:
-        given = [name for name in ("thumbs", "rating", "score") if getattr(self, name) is not None]
-        if len(given) != 1:
+        chosen = [name for name in ("thumbs", "rating", "score") if getattr(self, name) is not None]
+        if len(chosen) != 1:
             raise ValueError(
                 "give exactly one of thumbs ('up'/'down'), rating (1-5) or score (0-1)"
             )
