@@ -196,17 +196,20 @@ def _generate(lm: Backend, spec: TaskSpec, prompts: list[str]) -> list[str]:
     return lm.complete(prompts, spec.max_tokens, spec.temperature, spec.stop)
 
 
-def _generation(
-    lm: Backend, spec: TaskSpec, items: list[dict[str, Any]], progress: Progress | None
-) -> dict[str, Any]:
+def _answers(lm: Backend, spec: TaskSpec, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per item: the prompt, the reference and the model's answer."""
     prompts = _prompts(spec, items)
     outputs = [out.strip() for out in _generate(lm, spec, prompts)]
     references = [item[spec.reference_field] for item in items]
-    metrics = corpus_scores(spec.chosen_metrics(), outputs, references)
-    records = [
+    return [
         {"prompt": p, "reference": r, "output": o}
         for p, r, o in zip(prompts, references, outputs, strict=True)
     ]
+
+
+def _generated_result(
+    spec: TaskSpec, records: list[dict[str, Any]], metrics: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "settings": _decoding_settings(spec),
         "metrics": metrics,
@@ -214,31 +217,30 @@ def _generation(
         "details": {},
         "samples": records[: spec.samples],
     }
+
+
+def _generation(
+    lm: Backend, spec: TaskSpec, items: list[dict[str, Any]], progress: Progress | None
+) -> dict[str, Any]:
+    records = _answers(lm, spec, items)
+    outputs, references = [r["output"] for r in records], [r["reference"] for r in records]
+    return _generated_result(
+        spec, records, corpus_scores(spec.chosen_metrics(), outputs, references)
+    )
 
 
 def _qa(
     lm: Backend, spec: TaskSpec, items: list[dict[str, Any]], progress: Progress | None
 ) -> dict[str, Any]:
-    prompts = _prompts(spec, items)
-    outputs = _generate(lm, spec, prompts)
-    references = [item[spec.reference_field] for item in items]
+    records = _answers(lm, spec, items)
     scorers = {"exact_match": exact_match, "contains": contains}
-    records = []
-    for p, r, o in zip(prompts, references, outputs, strict=True):
-        record: dict[str, Any] = {"prompt": p, "reference": r, "output": o}
-        record.update({name: scorers[name](o, r) for name in spec.chosen_metrics()})
-        records.append(record)
     metrics = {}
     for name in spec.chosen_metrics():
+        for record in records:
+            record[name] = scorers[name](record["output"], record["reference"])
         values = np.array([rec[name] for rec in records], dtype=np.float64)
         metrics[name] = bootstrap(mean_of(values), len(values)).as_dict()
-    return {
-        "settings": _decoding_settings(spec),
-        "metrics": metrics,
-        "items": records,
-        "details": {},
-        "samples": records[: spec.samples],
-    }
+    return _generated_result(spec, records, metrics)
 
 
 def run_tasks(
