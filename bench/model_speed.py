@@ -17,12 +17,19 @@ grouped prefill) that the server runs too.
 Every figure is the best of several runs (the least disturbed by other work); wall-clock time
 on a shared machine is noisy, so the CPU time of this process is printed next to it.
 Targets: lmscope+fast single stream >= 1.5x transformers, batch-8 aggregate >= 4x single.
+
+With `--quantize int8` the same run adds the int8 path (`lmscope.model.quantized`): single-stream
+and batch-8 decoding against the prepacked float32 path (target >= 2x single stream), bits per
+byte of float32 and int8 on a slice of ../shared/data/wikitext2_valid.txt (target: within 1%),
+the CPU-time split of one decoding step (matmuls, other work in the model, the engine), and
+which float32 path `prepare_for_decoding` picks on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import time
 from collections.abc import Callable
@@ -33,6 +40,7 @@ from typing import Any
 import torch
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+WIKITEXT = SHARED_TEXT.with_name("wikitext2_valid.txt")
 FALLBACK_TEXT = "The quick brown fox jumps over the lazy dog. " * 200
 
 
@@ -161,7 +169,92 @@ def ratio(a: Timing, b: Timing, *, lower_is_better: bool = False) -> str:
     return f"{a.wall / b.wall:5.2f}x ({a.cpu / b.cpu:4.2f}x cpu)"
 
 
-def run_suite(name: str, threads: int, quick: bool) -> None:
+def bits_per_byte(model: Any, tokenizer: Any, n_chars: int, window: int = 512) -> float:
+    """Bits per byte of the first `n_chars` of WikiText-2 validation, in windows of `window`
+    tokens (each window scored from its own start, as `lmscope eval` does without a stride)."""
+    text = WIKITEXT.read_text(encoding="utf-8")[:n_chars] if WIKITEXT.is_file() else FALLBACK_TEXT
+    ids = tokenizer.encode(text)
+    nll, n_bytes = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(ids) - 1, window):
+            chunk = torch.tensor([ids[start : start + window + 1]])
+            logp = model(chunk[:, :-1]).log_softmax(-1).gather(-1, chunk[:, 1:, None])
+            nll -= float(logp.sum())
+            n_bytes += len(tokenizer.decode(chunk[0, 1:].tolist()).encode("utf-8"))
+    return nll / n_bytes / math.log(2)
+
+
+def ten(fn: Callable[[], None]) -> None:
+    for _ in range(10):
+        fn()
+
+
+def step_split(model: Any, tokenizer: Any, prompt: list[list[int]], repeat: int) -> str:
+    """CPU ms of one single-stream decoding step: the projections alone, the rest of the
+    model, and the engine around it (scheduler, sampling, detokenizing)."""
+    path = model._prepacked
+    x = torch.randn(1, 1, model.cfg.d_model)
+
+    def projections() -> None:
+        for layer in path.layers:
+            layer.qkv(x)
+            layer.out(x)
+            hidden = layer.fc_in(x)
+            layer.fc_out(hidden[..., : layer.d_mlp] if layer.gated else hidden)
+        path.unembed(x)
+
+    cache = model.new_cache(1, 64)
+    nxt = torch.tensor([[5]])
+    with torch.inference_mode():
+        model(torch.tensor(prompt), cache=cache)
+
+        def step() -> None:
+            model(nxt, cache=cache)
+            cache.length = len(prompt[0])  # stay at the prompt's length
+
+        matmul = best_of(lambda: ten(projections), repeat).cpu * 100
+        whole = best_of(lambda: ten(step), repeat).cpu * 100
+    engine = 1000 / decode_rate(decode_ours(model, tokenizer, prompt), 16, repeat, 1).cpu
+    return (
+        f"{engine:.1f} ms cpu per step = matmuls {matmul:.1f} + other model work "
+        f"{whole - matmul:.1f} + engine {engine - whole:.1f}"
+    )
+
+
+def run_quantized(
+    name: str, loaded: Any, fast32: Any, prompts8: list[list[int]], quick: bool, repeat: int
+) -> None:
+    from lmscope.model.decoding import prepare_for_decoding
+    from lmscope.model.quantized import quantize_for_decoding
+
+    tok, ours32 = loaded.tokenizer, loaded.model
+    int8 = quantize_for_decoding(copy.deepcopy(ours32))
+    n_new = 16 if quick else 48
+    prompt = prompts8[:1]
+    rows = []
+    for label, batch in (("decode 1 stream", prompt), ("decode batch 8, aggregate", prompts8)):
+        fp32_t = decode_rate(decode_ours(fast32, tok, batch), n_new, repeat, len(batch))
+        int8_t = decode_rate(decode_ours(int8, tok, batch), n_new, repeat, len(batch))
+        rows.append((label, fmt(int8_t, "tok/s"), fmt(fp32_t, "tok/s"), ratio(int8_t, fp32_t)))
+    n_chars = 6000 if quick else 30000
+    fp32_bpb = bits_per_byte(ours32, tok, n_chars)
+    int8_bpb = bits_per_byte(int8, tok, n_chars)
+    print(f"\n== {name}: int8 (lmscope.model.quantized) vs the prepacked float32 path ==")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'':{width}}  {'int8':>27}  {'fp32 prepacked':>27}  int8 vs fp32 (target >= 2x)")
+    for label, a, b, r in rows:
+        print(f"{label:{width}}  {a:>27}  {b:>27}  {r}")
+    print(
+        f"bits per byte, WikiText-2 valid first {n_chars} chars: fp32 {fp32_bpb:.4f}, "
+        f"int8 {int8_bpb:.4f} ({100 * (int8_bpb / fp32_bpb - 1):+.2f}%, target within 1%)"
+    )
+    print(f"step split, fp32 prepacked: {step_split(fast32, tok, prompt, repeat)}")
+    print(f"step split, int8:           {step_split(int8, tok, prompt, repeat)}")
+    choice = prepare_for_decoding(copy.deepcopy(ours32), batch=8)
+    print(f"prepare_for_decoding (float32) picks {choice.path}: {choice.reason}")
+
+
+def run_suite(name: str, threads: int, quick: bool, quantize: str | None = None) -> None:
     from lmscope.model.prepacked import optimize_for_decoding
     from lmscope.zoo.registry import load
 
@@ -251,6 +344,8 @@ def run_suite(name: str, threads: int, quick: bool) -> None:
         f"batch-8 aggregate / lmscope single stream (fp32, +fast): "
         f"{ratio(batch_ours, single['fp32'])}   (target >= 4x)"
     )
+    if quantize is not None:
+        run_quantized(name, loaded, fast32, prompts8, quick, repeat)
 
 
 def main() -> None:
@@ -260,9 +355,33 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, nargs="+", default=[torch.get_num_threads()], help="torch threads"
     )
+    parser.add_argument(
+        "--quantize", choices=["int8"], help="also measure the int8 path: speed and bits per byte"
+    )
+    parser.add_argument(
+        "--only-quantized", action="store_true", help="with --quantize: skip the transformers rows"
+    )
     args = parser.parse_args()
     for threads in args.threads:
-        run_suite(args.model, threads, args.quick)
+        if args.only_quantized and args.quantize:
+            run_quantized_only(args.model, threads, args.quick, args.quantize)
+        else:
+            run_suite(args.model, threads, args.quick, args.quantize)
+
+
+def run_quantized_only(name: str, threads: int, quick: bool, quantize: str) -> None:
+    """The int8 rows alone (a shorter run on a busy machine)."""
+    from lmscope.model.prepacked import optimize_for_decoding
+    from lmscope.zoo.registry import load
+
+    torch.set_num_threads(threads)
+    loaded = load(name)
+    fast32 = optimize_for_decoding(copy.deepcopy(loaded.model))
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, {threads} thread(s), load average {load_avg:.1f}")
+    run_quantized(
+        name, loaded, fast32, corpus_ids(loaded.tokenizer, 32, 8), quick, 2 if quick else 3
+    )
 
 
 if __name__ == "__main__":
