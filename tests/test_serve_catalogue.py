@@ -447,3 +447,28 @@ def test_catalogue_summary() -> None:
         if problem is not None:
             print(f"  {name}: {problem}")
     assert SUMMARY["acceptable"] == SUMMARY["total"]
+
+
+@pytest.mark.slow
+def test_catalogue_on_smollm2(tmp_path: Path) -> None:
+    """The HTTP cases once more against the real default model (its tokenizer, chat template and
+    shape), with the same acceptable answers."""
+    config = ServeSettings(
+        api_key=KEY, max_seq_len=128, max_body_bytes=BODY_LIMIT, feedback_db=str(tmp_path / "fb")
+    )
+    handler = Tracebacks()
+    with running_app(create_app(config)) as base:
+        for name in LOGGERS:
+            logging.getLogger(name).addHandler(handler)
+        try:
+            problems = {}
+            for case in CASES:
+                r = send(base, case)
+                problem = judge(case, r.status_code, dict(r.headers), r.content)
+                if problem:
+                    problems[case.name] = problem
+        finally:
+            for name in LOGGERS:
+                logging.getLogger(name).removeHandler(handler)
+    print(f"\ncatalogue on smollm2-135m: {len(CASES) - len(problems)} of {len(CASES)} acceptable")
+    assert not problems and not handler.bad, (problems, handler.bad)
