@@ -50,6 +50,7 @@ def trained_checkpoint(root: Path, steps: int = 20) -> Path:
     from lmscope.train.config import config_from_dict
     from lmscope.train.trainer import Trainer
 
+    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     words = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis"]
     (root / "corpus.txt").write_text(

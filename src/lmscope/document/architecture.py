@@ -57,6 +57,7 @@ def architecture_choices(cfg: ModelConfig) -> dict[str, Any]:
             "unembed": cfg.unembed_bias,
         },
         "tied_embeddings": cfg.tie_embeddings,
+        "tied_parameters_saved": cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0,
         "parallel_blocks": cfg.parallel_attn_mlp,
         "dropout": cfg.dropout,
     }

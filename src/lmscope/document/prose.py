@@ -1,5 +1,6 @@
 """Sections rewritten by a writer and checked sentence by sentence: a generated sentence with
-any unsupported claim is dropped and its template sentence kept."""
+any unsupported claim, or one that lost a number or name of the template sentence it rewrites
+(so it cannot drift to another statement), is dropped and its template sentence kept."""
 
 from __future__ import annotations
 
@@ -7,14 +8,21 @@ from typing import Any
 
 from lmscope.document.sections import SECTION_FACTS
 from lmscope.document.templates import NOTES
-from lmscope.document.verifier import index_facts, verify_sentence
+from lmscope.document.verifier import index_facts, keeps_claims, value_words, verify_sentence
 from lmscope.document.writer import Writer
 
 MIN_WORDS = 4
 
 
 def section_facts(facts: dict[str, Any], section_id: str) -> dict[str, Any]:
-    return {k: facts.get(k) for k in SECTION_FACTS.get(section_id, ()) if facts.get(k) is not None}
+    """The facts a section is written from (the layer table by its summary, not its rows)."""
+    subset = {
+        k: facts.get(k) for k in SECTION_FACTS.get(section_id, ()) if facts.get(k) is not None
+    }
+    layers: dict[str, Any] | None = subset.get("layers")
+    if layers is not None:
+        subset["layers"] = {k: v for k, v in layers.items() if k != "rows"}
+    return subset
 
 
 def _plausible(text: str) -> bool:
@@ -32,6 +40,7 @@ def write_prose(
         templates = [s["text"] for s in section["sentences"]]
         vocabulary = " ".join([*templates, *NOTES.values(), section["title"]])
         index = index_facts(subset, vocabulary)
+        values = value_words(subset)
         generated = writer.rewrite(section["title"], subset, templates) if templates else []
         kept = 0
         for sentence, text in zip(section["sentences"], generated, strict=False):
@@ -40,10 +49,11 @@ def write_prose(
                 sentence["rejected"] = {"text": text, "why": ["not a sentence"]}
                 continue
             verdict = verify_sentence(text, index)
-            if verdict.supported:
+            lost = keeps_claims(sentence["text"], text, values)
+            if verdict.supported and not lost:
                 sentence.update(text=text, origin="llm", template=sentence["text"])
                 kept += 1
             else:
-                sentence["rejected"] = {"text": text, "why": verdict.unsupported}
+                sentence["rejected"] = {"text": text, "why": verdict.unsupported + lost}
         stats["sections"][section["id"]] = {"generated": len(templates), "kept": kept}
     return stats

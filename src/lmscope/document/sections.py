@@ -26,7 +26,7 @@ SECTION_FACTS = {
     "evaluation": ("evaluation", "training"),
     "model_examination": ("interpretability",),
     "environmental_impact": ("training",),
-    "technical_specifications": ("overview", "architecture"),
+    "technical_specifications": ("overview", "architecture", "layers"),
 }
 OVERFIT_GAP = 0.1  # val - train loss above this (nats) reads as overfitting
 IMBALANCE_RATIO = 3.0  # largest / smallest class support above this reads as imbalance
@@ -101,8 +101,7 @@ def _component_notes(arch: dict[str, Any], ov: dict[str, Any]) -> list[str]:
                 ratio=num(mlp["width_ratio"]))
     )  # fmt: skip
     if arch.get("tied_embeddings"):
-        saved = ov["vocab_size"] * arch["d_model"]
-        notes.append(explain("tied_embeddings", saved=num(saved)))
+        notes.append(explain("tied_embeddings", saved=num(arch["tied_parameters_saved"])))
     else:
         notes.append(explain("untied_embeddings"))
     if arch.get("parallel_blocks"):
@@ -311,12 +310,12 @@ def _environment(f: dict[str, Any]) -> list[str]:
 def _specs(f: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     layers = f["layers"]
     out = []
-    rows = layers["rows"]
-    if rows:
-        macs = sum(r["macs_per_position"] or 0 for r in rows)
-        out.append(f"The layer table lists {len(rows)} modules; a forward pass costs "
-                   f"{num(macs)} multiply-adds {layers['macs_unit']} at {layers['positions']} "
-                   "positions.")  # fmt: skip
+    if layers["rows"] and layers.get("macs_total") is not None:
+        out.append(f"The layer table lists {layers['modules']} modules; a forward pass costs "
+                   f"{num(layers['macs_total'])} multiply-adds {layers['macs_unit']} at "
+                   f"{layers['positions']} positions.")  # fmt: skip
+    elif layers["rows"]:
+        out.append(f"The layer table lists {layers['modules']} modules.")
     arch_rows = [[k, num(v) if not isinstance(v, dict) else ", ".join(f"{a}={num(b)}" for a, b in v.items())]
                  for k, v in f["architecture"].items() if not isinstance(v, list)]  # fmt: skip
     tables = [_table("Architecture", ["choice", "value"], arch_rows)]

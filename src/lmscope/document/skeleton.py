@@ -72,6 +72,10 @@ def finish(facts: dict[str, Any], source: Path | None, eval_path: Path | None) -
     for part in ("training", "data", "evaluation", "interpretability"):
         if facts.get(part) is None:
             facts["missing"][part] = SUPPLY[part]
-    if not facts["layers"]["rows"]:
+    rows = facts["layers"]["rows"]
+    facts["layers"]["modules"] = len(rows)
+    macs = [r.get("macs_per_position") for r in rows]
+    facts["layers"]["macs_total"] = sum(macs) if rows and None not in macs else None  # type: ignore[arg-type]
+    if not rows:
         facts["missing"]["layers"] = SUPPLY["layers"]
     return facts

@@ -95,7 +95,9 @@ def index_facts(facts: Any, vocabulary: str = "") -> FactIndex:
     for s in strings:  # numbers written inside fact strings ("L18H6", "blocks.3") count too
         numbers += [float(m) for m in re.findall(r"\d+(?:\.\d+)?", s)]
     text = " ".join(strings).lower()
-    return FactIndex(sorted(set(numbers)), text, set(_TOKEN.findall(text)))
+    words = set(_TOKEN.findall(text))
+    words |= {p for w in list(words) for p in re.split(r"[-./_]", w) if p}
+    return FactIndex(sorted(set(numbers)), text, words)
 
 
 def _precision(literal: str) -> float:
@@ -124,6 +126,16 @@ def number_supported(literal: str, unit: str | None, index: FactIndex) -> bool:
     return _matches(value, tol, index)
 
 
+def _name_known(name: str, index: FactIndex) -> bool:
+    """A name is known when it is a word of the facts, or every part of it is (L3H2 as written,
+    'GPT-NeoX' from 'gpt' and 'neox')."""
+    lowered = name.lower()
+    if lowered in index.words:
+        return True
+    parts = [p for p in re.split(r"[-./_]", lowered) if p]
+    return bool(parts) and all(p in index.words for p in parts)
+
+
 def _names(sentence: str) -> list[str]:
     """Words that name something: an inner capital, a digit, or a capital after the start."""
     out = []
@@ -141,6 +153,70 @@ def _names(sentence: str) -> list[str]:
     return out
 
 
+def _values(literal: str, unit: str | None) -> list[tuple[float, float]]:
+    """(value, tolerance) readings of a number with its unit."""
+    value = float(literal.replace(",", ""))
+    tol = _precision(literal.replace(",", ""))
+    unit_key = (unit or "").lower()
+    if unit_key in _SCALE:
+        return [(value * _SCALE[unit_key], tol * _SCALE[unit_key])]
+    factors = _UNIT_FACTORS.get(unit_key, ())
+    return [(value, tol), *((value * f, tol * f) for f in factors)]
+
+
+def claims_of(sentence: str) -> tuple[list[list[tuple[float, float]]], set[str]]:
+    """The numbers (each as its possible readings) and the names of a sentence."""
+    names = _names(sentence)
+    stripped = sentence
+    for name in names:
+        stripped = stripped.replace(name, " ")
+    numbers = [_values(m.group("num"), m.group("unit")) for m in NUMBER.finditer(stripped)]
+    numbers += [[(float(_WORDS[m.group(1).lower()]), 0.0)] for m in _WORD_NUMBER.finditer(stripped)]
+    return numbers, {n.lower() for n in names}
+
+
+def value_words(facts: Any) -> set[str]:
+    """One-word string values of the facts ("llama", "rmsnorm", "embed"): claims too."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            if value and " " not in value and len(value) <= 40:
+                found.add(value.lower())
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(facts)
+    return found
+
+
+def keeps_claims(template: str, rewrite: str, values: set[str] | None = None) -> list[str]:
+    """Claims of the template sentence that its rewrite lost (a rewrite must keep every number,
+    name, quoted text and one-word fact value of the sentence it rewrites, so it cannot drift
+    to another statement)."""
+    t_numbers, t_names = claims_of(template)
+    r_numbers, r_names = claims_of(rewrite)
+    lost = [f"name {n!r} dropped" for n in sorted(t_names - r_names)]
+    lost += [f"quote {q!r} dropped" for q in re.findall(r'"([^"]+)"', template) if q not in rewrite]
+    t_words = {w.lower().strip(".,;:()") for w in template.split()}
+    r_words = {w.lower().strip(".,;:()") for w in rewrite.split()}
+    lost += [f"value {w!r} dropped" for w in sorted((t_words & (values or set())) - r_words)]
+    for readings in t_numbers:
+        found = any(
+            abs(v - w) <= max(tv, tw) * 1.0001 + 1e-12
+            for v, tv in readings
+            for other in r_numbers
+            for w, tw in other
+        )
+        if not found:
+            lost.append(f"number {readings[0][0]:g} dropped")
+    return lost
+
+
 def verify_sentence(sentence: str, index: FactIndex) -> Verdict:
     """Every number, name and comparative of `sentence` checked against `index`."""
     problems: list[str] = []
@@ -148,7 +224,7 @@ def verify_sentence(sentence: str, index: FactIndex) -> Verdict:
     stripped = sentence
     for name in _names(sentence):
         claims += 1
-        if name.lower() not in index.text:
+        if not _name_known(name, index):
             problems.append(f"name {name!r}")
         stripped = stripped.replace(name, " ")  # digits inside names are part of the name
     for match in NUMBER.finditer(stripped):

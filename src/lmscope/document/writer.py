@@ -11,10 +11,9 @@ from typing import Any, Protocol
 
 from lmscope.document.errors import WriterError
 
-MAX_NEW_TOKENS = 60
+MAX_NEW_TOKENS = 48
 PROMPT = (
-    "You write one sentence of the '{section}' section of a model card.\n"
-    "Facts (JSON): {facts}\n"
+    "You write one sentence of the '{section}' section of a model card.\n{facts}"
     "Rewrite this sentence in clear, plain English. Keep every number and name exactly as "
     "given, add nothing that is not in the facts, answer with the sentence only.\n"
     "Sentence: {sentence}"
@@ -30,8 +29,16 @@ class Writer(Protocol):
         ...
 
 
-def prompt_for(section: str, facts: dict[str, Any], sentence: str) -> str:
-    text = json.dumps(facts, separators=(",", ":"), default=str)[:FACTS_CHARS]
+def prompt_for(section: str, facts: dict[str, Any] | None, sentence: str) -> str:
+    """The request for one sentence; `facts` (the section's facts) is left out for small
+    models, for which the template sentence already carries the facts it states."""
+    text = ""
+    if facts is not None:
+        text = (
+            "Facts (JSON): "
+            + json.dumps(facts, separators=(",", ":"), default=str)[:FACTS_CHARS]
+            + "\n"
+        )
     return PROMPT.format(section=section, facts=text, sentence=sentence)
 
 
@@ -43,10 +50,12 @@ class EmbeddedWriter:
     """The embedded model, in process, batched through lmscope.engine."""
 
     def __init__(self, model_name: str = "smollm2-135m") -> None:
+        from lmscope.engine import optimize_for_decoding
         from lmscope.zoo.registry import load
 
         self.name = f"{model_name} (embedded, in process)"
         self._loaded = load(model_name)
+        optimize_for_decoding(self._loaded.model)
 
     def rewrite(self, section: str, facts: dict[str, Any], sentences: list[str]) -> list[str]:
         from lmscope.engine import generate_batch
