@@ -118,3 +118,33 @@ def test_offline_report_flags_shakespeare_against_kjv(
         assert re.search(r"<svg", out.read_text())
         assert "completion_tokens" not in out.read_text()  # offline: prompt signals only
     assert "no drift" in verdicts["same"] and "drift detected" in verdicts["other"]
+
+
+@pytest.mark.slow
+def test_smollm2_log_likelihood_flags_shifted_text(shared_data: Path, tmp_path: Path) -> None:
+    """On a real model the prompt log-likelihood itself separates held-out KJV verses from
+    Tiny Shakespeare and from random token soup."""
+    from lmscope.commands.drift import offline_snapshot
+    from lmscope.zoo.registry import load
+
+    tok = load("smollm2-135m").tokenizer
+    verses, held_out = kjv_split(shared_data, 120, 60)
+    rng = random.Random(0)
+    soup = [
+        tok.decode([rng.randrange(len(tok)) for _ in range(rng.randint(15, 40))]).replace("\n", " ")
+        for _ in range(60)
+    ]
+    files = {"reference": verses, "same": held_out, "soup": soup}
+    files["shakespeare"] = lines(shared_data / "tinyshakespeare.txt", 0, 60)
+    for name, texts in files.items():
+        (tmp_path / f"{name}.txt").write_text("\n".join(texts) + "\n")
+    logprob = {}
+    for name in ("same", "shakespeare", "soup"):
+        snap = offline_snapshot(
+            str(tmp_path / "reference.txt"), str(tmp_path / f"{name}.txt"), "smollm2-135m"
+        )
+        (model,) = snap["models"]
+        logprob[name] = next(s for s in model["signals"] if s["name"] == "prompt_logprob")
+    assert not logprob["same"]["drift"], logprob["same"]
+    assert logprob["shakespeare"]["drift"] and logprob["soup"]["drift"]
+    assert logprob["soup"]["mean_current"] < logprob["shakespeare"]["mean_current"]
