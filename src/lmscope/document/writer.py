@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from lmscope.document.errors import WriterError
 
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = 64
 PROMPT = (
     "You write one sentence of the '{section}' section of a model card.\n{facts}"
     "Rewrite this sentence in clear, plain English. Keep every number and name exactly as "
@@ -46,6 +46,11 @@ def first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0].strip().strip('"')
 
 
+def _end_sentence(text: str) -> str:
+    """Put back the full stop that the '. ' stop string cut off."""
+    return text + "." if text and text[-1] not in ".!?" else text
+
+
 class EmbeddedWriter:
     """The embedded model, in process, batched through lmscope.engine."""
 
@@ -69,10 +74,10 @@ class EmbeddedWriter:
             prompts,
             max_new_tokens=MAX_NEW_TOKENS,
             temperature=0.0,
-            stop=("\n",),
+            stop=("\n", ". "),  # one sentence: the stop string is not part of the text
             truncate="left",
         )
-        return [first_line(r.text) for r in results]
+        return [_end_sentence(first_line(r.text)) for r in results]
 
 
 class EndpointWriter:
