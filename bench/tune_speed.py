@@ -72,7 +72,7 @@ def search_for(out: Path, data: Path, name: str, quick: bool, **change: Any) -> 
     return path
 
 
-def curve(study_dir: Path) -> tuple[list[dict[str, Any]], list[float]]:
+def curve(study_dir: Path) -> tuple[list[dict[str, Any]], list[float], list[float]]:
     """Best-so-far validation loss against cumulative tokens, in trial order; and each trial's
     overhead share."""
     from lmscope.tune.report import export, load_study
@@ -80,7 +80,7 @@ def curve(study_dir: Path) -> tuple[list[dict[str, Any]], list[float]]:
 
     data = export(load_study(default_url(study_dir)))
     points, tokens, best = [], 0, float("inf")
-    shares = []
+    shares, seconds = [], []
     for row in sorted(data["trials"], key=lambda r: r["number"]):
         tokens += int(row["tokens"] or 0)
         if row["values"]:
@@ -92,7 +92,8 @@ def curve(study_dir: Path) -> tuple[list[dict[str, Any]], list[float]]:
             if trial.get("overhead_s") is not None and trial["train_s"] > 0:
                 total = trial["overhead_s"] + trial["train_s"]
                 shares.append(trial["overhead_s"] / total)
-    return points, shares
+                seconds.append(trial["overhead_s"])
+    return points, shares, seconds
 
 
 def default_run(out: Path, data: Path, quick: bool) -> dict[str, Any]:
@@ -133,7 +134,7 @@ def main() -> int:
         run_search(path)
     results: dict[str, Any] = {"default": baseline, "quick": args.quick}
     for name in ("tpe", "grid"):
-        points, shares = curve(out / name)
+        points, shares, seconds = curve(out / name)
         results[name] = {
             "trials": len(points),
             "best_val_loss": points[-1]["best"],
@@ -141,6 +142,7 @@ def main() -> int:
             "curve": points,
             "overhead_share_median": statistics.median(shares) if shares else None,
             "overhead_share_max": max(shares) if shares else None,
+            "overhead_s_median": statistics.median(seconds) if seconds else None,
         }
     t, g = results["tpe"], results["grid"]
     results["tpe_tokens_share_of_grid"] = t["tokens"] / g["tokens"]
@@ -152,7 +154,8 @@ def main() -> int:
             f"{name:>4}: {r['trials']} trials, best val loss {r['best_val_loss']:.4f}, "
             f"{r['tokens']:,} tokens; tuning overhead per trial: median "
             f"{100 * (r['overhead_share_median'] or 0):.2f}%, max "
-            f"{100 * (r['overhead_share_max'] or 0):.2f}% of the trial's time"
+            f"{100 * (r['overhead_share_max'] or 0):.2f}% of the trial's time "
+            f"(median {r['overhead_s_median'] or 0:.3f} s)"
         )
     print(
         f"TPE+ASHA used {100 * results['tpe_tokens_share_of_grid']:.1f}% of the grid's tokens; "
