@@ -6,7 +6,8 @@ Prints: in-process single-stream decode tok/s; how long a running stream stalls 
 1536-token prompt is prefilled, whole and in chunks (in process); HTTP single-stream decode
 tok/s (and the ratio); aggregate generated tok/s at 1, 4 and 8 concurrent streaming clients (and
 the ratio to one stream); p50/p99 time to first token at each concurrency; optionally a soak at
-8 clients with error count and server memory growth.
+8 clients with error count and server memory growth. With `--quantize int8` the figures are
+printed for the float32 server and then for `serve --quantize int8`, old vs new in one run.
 """
 
 from __future__ import annotations
@@ -46,12 +47,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def load_as_served(model_name: str) -> Any:
-    from lmscope.model.prepacked import optimize_for_decoding
+def load_as_served(model_name: str, quantize: str | None = None) -> Any:
+    from lmscope.model.decoding import prepare_for_decoding
     from lmscope.zoo.registry import load
 
     loaded = load(model_name)
-    optimize_for_decoding(loaded.model)  # as the server does
+    choice = prepare_for_decoding(loaded.model, quantize=quantize, batch=8)  # as the server does
+    print(f"decoding path: {choice.path} ({choice.reason})")
     return loaded
 
 
@@ -181,7 +183,7 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(model: str, port: int) -> subprocess.Popen[bytes]:
+def start_server(model: str, port: int, quantize: str | None = None) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-c",
@@ -191,6 +193,7 @@ def start_server(model: str, port: int) -> subprocess.Popen[bytes]:
         model,
         "--port",
         str(port),
+        *(["--quantize", quantize] if quantize else []),
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -214,13 +217,27 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--soak-minutes", type=float, default=0.0)
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="run the figures for the float32 server, then again with `serve --quantize`",
+    )
+    parser.add_argument("--skip-stall", action="store_true", help="skip the long-prompt figures")
     args = parser.parse_args()
 
     print(f"model {args.model}, {args.max_tokens} tokens per request, {os.cpu_count()} CPUs")
-    loaded = load_as_served(args.model)
+    for quantize in [None, args.quantize] if args.quantize else [None]:
+        print(f"\n== weights: {quantize or 'float32'} ==")
+        run_variant(args, quantize)
+
+
+def run_variant(args: argparse.Namespace, quantize: str | None) -> None:
+    loaded = load_as_served(args.model, quantize)
     local = in_process_decode(loaded, args.max_tokens)
     print(f"in-process single-stream decode: {local:.1f} tok/s")
     for label, chunk in (("whole", 1 << 30), ("in 256-token chunks", 256)):
+        if args.skip_stall:
+            break
         worst, median, ttft = long_prompt_stall(loaded, chunk)
         print(
             f"1536-token prompt prefilled {label}: a running stream's longest token gap "
@@ -228,7 +245,7 @@ def main() -> None:
         )
     del loaded
 
-    server = start_server(args.model, args.port)
+    server = start_server(args.model, args.port, quantize)
     base = f"http://127.0.0.1:{args.port}"
     try:
         stream_once(base, PROMPTS[0], 8)  # warm-up

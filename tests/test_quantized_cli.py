@@ -7,10 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lmscope.engine import generate
-from lmscope.model.quantized import quantize_for_decoding, quantized_engine_available
+from lmscope.model.quantized import (
+    dequantized_copy,
+    quantize_for_decoding,
+    quantized_engine_available,
+    served_for_explaining,
+)
 from lmscope.zoo.checkpoint import load_checkpoint, save_checkpoint
 from test_generate_fixtures import tiny_model, tiny_tokenizer
 
@@ -71,3 +77,25 @@ def test_impossible_quantization_is_one_line(
     code, out = invoke(command, *where, *args)
     assert code == 2 and out.startswith("error: ") and message in out, out
     assert "Traceback" not in out and out.count("\n") == 1
+
+
+def test_explain_explains_the_served_int8_weights_and_says_so(checkpoint: Path) -> None:
+    from lmscope.explain import explain
+    from lmscope.zoo.registry import load
+
+    code, output = invoke(
+        "explain", "run", str(checkpoint), "The quick brown fox", "--quantize", "int8",
+        "--no-saliency",
+    )  # fmt: skip
+    assert code == 0, output
+    assert "(int8, dequantized)" in output
+    loaded = served_for_explaining(load(str(checkpoint)), "int8")
+    ex = explain(loaded, "The quick brown fox", saliency=False).to_dict()
+    assert ex["model"].endswith("(int8, dequantized)")
+    model, tok = load_checkpoint(checkpoint)
+    served = quantize_for_decoding(model)
+    ids = torch.tensor([tok.encode("The quick brown fox")])
+    with torch.inference_mode():
+        want = dequantized_copy(served)(ids)[0, -1].softmax(-1)
+    top = ex["prediction"][0]
+    assert abs(top["prob"] - want.max().item()) < 1e-4 and top["token"] == want.argmax().item()

@@ -66,6 +66,11 @@ def explain(
         "--route-check",
         help="Ablate the route's heads/MLPs vs as many random ones (the target's log-prob drop).",
     ),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="int8: explain the weights `serve --quantize int8` serves (dequantised int8).",
+    ),
 ) -> None:
     """Explain a prediction: information-flow routes, heads, neurons, logit lens, saliency
     (the default: `lmscope explain MODEL PROMPT`)."""
@@ -85,8 +90,16 @@ def explain(
     check_tau(tau)
     from lmscope.zoo.registry import load
 
+    if quantize is not None:
+        from lmscope.model.quantized import check_quantize_mode
+
+        check_quantize_mode(quantize)
     with err_console.status(f"loading {model}"):
         loaded = load(model)
+    if quantize is not None:  # the served weights, named so in the result's "model" field
+        from lmscope.model.quantized import served_for_explaining
+
+        loaded = served_for_explaining(loaded, quantize)
     with err_console.status("tracing and computing the routes"):
         ex = run_explain(
             loaded,

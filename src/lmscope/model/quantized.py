@@ -17,6 +17,7 @@ only the run-time rounding of activations is not in it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -316,3 +317,11 @@ def _load_served(fast: _Int8Linear, linear: nn.Module) -> None:
     """Give `linear` the served weight (biases stay: the norms are not folded in the copy)."""
     assert isinstance(linear, nn.Linear)
     linear.weight = nn.Parameter(fast.served_weight.clone())
+
+
+def served_for_explaining(loaded: Any, mode: str) -> Any:
+    """A LoadedModel-like object (name, model, ...) whose model holds the weights served
+    after quantizing to `mode` (dequantised) and whose name says so, e.g.
+    "smollm2-135m (int8, dequantized)". Quantizes `loaded.model` in place."""
+    model = dequantized_copy(quantize_for_decoding(loaded.model, mode))
+    return dataclasses.replace(loaded, model=model, name=f"{loaded.name} ({mode}, dequantized)")
