@@ -66,8 +66,10 @@ def run(
     ),
     study_dir: Path | None = typer.Option(None, help="Study directory (default: study.dir)."),
 ) -> None:
-    """Search: each trial is a real training run with its own output directory, seed and
-    training record; the study resumes where it stopped when run again."""
+    """Run a search file's study (the default command: `lmscope tune SEARCH.yaml`).
+
+    Each trial is a real training run with its own output directory, seed and training record;
+    the study resumes where it stopped when run again."""
     from lmscope.tune.run import run_search
 
     code = run_search(
@@ -93,8 +95,9 @@ def report(
     dashboard: bool = typer.Option(False, help="Serve optuna-dashboard on the study."),
     port: int = typer.Option(8080, help="Dashboard port."),
 ) -> None:
-    """Best trial and config, every trial, parameter importances; writes best.yaml (a ready
-    `lmscope train` config), study.json and an offline report.html."""
+    """What a study found: best trial, every trial, parameter importances.
+
+    Writes best.yaml (a ready `lmscope train` config), study.json and an offline report.html."""
     from lmscope.tune.report import (
         export,
         load_study,
