@@ -157,3 +157,35 @@ def test_quantizing_leaves_parameters_and_state_dict_alone() -> None:
     quantize_for_decoding(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert isinstance(model, Transformer) and model.training is False
+
+
+def test_prepare_for_decoding_keeps_the_path_that_measured_faster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lmscope.model import decoding
+
+    model = make_model()
+    choice = decoding.prepare_for_decoding(model, batch=2)
+    assert choice.path in ("reference", "prepacked")
+    assert model.prepacked_enabled == (choice.path == "prepacked")
+    assert set(choice.step_ms) == {"reference@1", "reference@2", "prepacked@1", "prepacked@2"}
+    for slower in ("reference", "prepacked"):
+        faked = {f"{p}@{b}": 2.0 if p == slower else 1.0 for p in ("reference", "prepacked")
+                 for b in (1, 2)}  # fmt: skip
+        monkeypatch.setattr(decoding, "measure_paths", lambda *a, faked=faked, **k: faked)
+        picked = decoding.prepare_for_decoding(model, batch=2)
+        assert picked.path != slower and model.prepacked_enabled == (slower == "reference")
+
+
+def test_prepare_for_decoding_int8_off_and_unsupported() -> None:
+    from lmscope.model.decoding import measure_paths, prepare_for_decoding
+
+    model = make_model()
+    assert prepare_for_decoding(model, quantize="int8").path == "int8"
+    assert quantized_path(model) is not None
+    times = measure_paths(model, {"reference": None}, (1,), rounds=1, steps=1)
+    assert set(times) == {"reference@1"} and quantized_path(model) is not None  # restored
+    off = prepare_for_decoding(model, prepack=False)
+    assert off.path == "reference" and model._prepacked is None
+    bf16 = prepare_for_decoding(make_model().to(torch.bfloat16))
+    assert bf16.path == "reference" and "float32 CPU only (bfloat16 on cpu)" in bf16.reason
