@@ -417,3 +417,23 @@ def test_a_new_study_refuses_a_directory_with_old_trials(data_dir: Path, tmp_pat
     (tmp_path / "study" / "study.db").unlink()  # the database is gone, the trial outputs stay
     with pytest.raises(TuneError, match="holds the trials of an earlier study"):
         run_search(search)
+
+
+def test_a_result_for_a_trial_already_failed_as_stale_keeps_the_first_verdict(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lmscope.tune.trial import TrialOutcome
+    from lmscope.tune.worker import record
+
+    path = write_search(tmp_path, data_dir, budget={"trials": 1}, pruner="none")
+    search = parse_search(yaml.safe_load(path.read_text()))
+    storage = open_storage(default_url(search.study_dir), 10, 60, 2)
+    study = open_study(search, storage, make_sampler(search, 0, False), make_pruner(search), True)
+    trial_id = claim(study, storage)
+    assert trial_id is not None
+    trial = optuna.Trial(study, trial_id)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)  # another worker judged it stale
+    outcome = TrialOutcome(0, "COMPLETE", {}, [], 1, str(tmp_path / "t0"), values=[1.0])
+    record(study, trial, outcome, 0.0)  # no "trial has already finished" error
+    assert "already failed as stale" in capsys.readouterr().err
+    assert study.get_trials()[0].state == TrialState.FAIL
