@@ -103,6 +103,25 @@ def test_frozen_and_trainable_rows(tmp_path: Path) -> None:
     assert params["total"] - params["trainable"] == frozen
 
 
+def test_lora_adapters_show_as_such(tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from lmscope.document.layers import layer_table
+
+    model = load(tiny_checkpoint(tmp_path, "tiny-gpt2")).model
+    wrapped = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["attn.qkv"]))
+    tokens = torch.zeros(1, 8, dtype=torch.long)
+    rows = layer_table(wrapped, lambda: model.run_with_trace(tokens, names=()), 8)
+    adapters = [r for r in rows if r.get("adapter") == "lora"]
+    assert len(adapters) == 2 * model.cfg.n_layers  # lora_A and lora_B of every qkv
+    assert all(r["trainable"] is True for r in adapters)
+    d = model.cfg.d_model
+    assert sum(r["parameters"] for r in adapters) == model.cfg.n_layers * (4 * d + 3 * d * 4)
+    base = [r for r in rows if r["path"].endswith("attn.qkv.base_layer")]
+    assert base and all(r["trainable"] is False for r in base)
+    assert not any(r["type"] in ("HookPoint", "ParameterDict", "ModuleDict") for r in rows)
+
+
 def test_schema_accepts_facts_and_rejects_broken_ones(tmp_path: Path) -> None:
     facts = collect_facts(str(tiny_checkpoint(tmp_path, "tiny-neox")), probe=False)
     assert facts["schema_version"] == FACTS_SCHEMA_VERSION

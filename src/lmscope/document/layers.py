@@ -16,8 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-# Modules that hold neither parameters nor a computation worth a row.
-_SKIP_TYPES = (nn.Dropout, nn.Identity)
+# Modules that hold neither parameters nor a computation worth a row (by class name, so hook
+# points and containers of any library are left out).
+_SKIP_NAMES = frozenset(
+    {"Dropout", "Identity", "HookPoint", "ModuleDict", "ParameterDict", "ModuleList"}
+)
 
 
 def _shape(value: Any) -> list[int] | None:
@@ -96,7 +99,8 @@ def layer_table(
         own, trainable, tied = _owned(sub, seen, path)
         leaf = not any(True for _ in sub.children())
         extra = extra_macs(path, sub) if extra_macs else 0
-        if isinstance(sub, _SKIP_TYPES) or (not own and not tied and not extra and not leaf):
+        skip = type(sub).__name__ in _SKIP_NAMES and not own and not tied
+        if skip or (not own and not tied and not extra and not leaf):
             continue
         if not path:
             continue
@@ -113,6 +117,8 @@ def layer_table(
         }
         if tied:
             row["tied_to"] = tied
+        if ".lora_" in f".{path}":
+            row["adapter"] = "lora"
         if 0 < trainable < own:
             row["trainable_parameters"] = trainable
         rows.append(row)
