@@ -24,6 +24,7 @@ from torch import nn
 
 from lmscope.model.cache import KVCache, SlotKVCache, causal_mask
 from lmscope.model.config import ModelConfig
+from lmscope.model.hooks import HookPoint, run_with_hooks
 from lmscope.model.layers import ACTIVATIONS, make_norm
 from lmscope.model.positional import apply_rope, rope_tables, sinusoidal_table
 from lmscope.model.prepacked import PrepackedPath, onednn_available
@@ -46,6 +47,7 @@ class Attention(nn.Module):
         qkv_out = (cfg.n_heads + 2 * cfg.kv_heads) * cfg.head_dim
         self.qkv = nn.Linear(cfg.d_model, qkv_out, bias=cfg.qkv_bias)
         self.out = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.out_bias)
+        self.hook_z = HookPoint()
 
     # Weights in TransformerLens layout, for the explainers.
     @property
@@ -97,13 +99,13 @@ class Attention(nn.Module):
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
         b, _, t, _ = z.shape
+        z_heads = self.hook_z(z.transpose(1, 2))  # [b, T, H, d]
         if rec is not None:
             self._record_pattern(q, k, mask, rec)
-            z_heads = z.transpose(1, 2)  # [b, T, H, d]
             rec(name + "hook_z", z_heads)
             if rec.wants(name + "hook_result"):
                 rec(name + "hook_result", torch.einsum("bthd,hdD->bthD", z_heads, self.W_O))
-        return self.out(z.transpose(1, 2).reshape(b, t, self.n_heads * self.d_head))
+        return self.out(z_heads.reshape(b, t, self.n_heads * self.d_head))
 
     def _record_pattern(
         self,
@@ -139,6 +141,7 @@ class MLP(nn.Module):
         width = 2 * cfg.mlp_dim if cfg.gated_mlp else cfg.mlp_dim
         self.fc_in = nn.Linear(cfg.d_model, width, bias=cfg.mlp_bias)
         self.fc_out = nn.Linear(cfg.mlp_dim, cfg.d_model, bias=cfg.mlp_bias)
+        self.hook_post = HookPoint()
 
     @property
     def W_out(self) -> torch.Tensor:
@@ -162,6 +165,7 @@ class MLP(nn.Module):
             post = self.act(hidden)
             if rec is not None:
                 rec(name + "hook_pre", hidden)
+        post = self.hook_post(post)
         if rec is not None:
             rec(name + "hook_post", post)
         return self.fc_out(post)
@@ -180,6 +184,11 @@ class Block(nn.Module):
         self.ln2 = make_norm(cfg)
         self.mlp = MLP(cfg, layer)
         self.drop = nn.Dropout(cfg.dropout)
+        self.hook_resid_pre = HookPoint()
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
 
     def forward(
         self,
@@ -189,12 +198,13 @@ class Block(nn.Module):
         cache: KVCache | SlotKVCache | None,
         rec: TraceRecorder | None = None,
     ) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
         h1 = self.ln1(x)
-        attn_out = self._dropout(self.attn(h1, rope, mask, cache, rec))
-        mid = x + attn_out
+        attn_out = self.hook_attn_out(self._dropout(self.attn(h1, rope, mask, cache, rec)))
+        mid = self.hook_resid_mid(x + attn_out)
         h2 = self.ln2(x if self.parallel else mid)
-        mlp_out = self._dropout(self.mlp(h2, rec))
-        out = mid + mlp_out
+        mlp_out = self.hook_mlp_out(self._dropout(self.mlp(h2, rec)))
+        out = self.hook_resid_post(mid + mlp_out)
         if rec is not None:
             # Parallel blocks: resid_mid is still resid_pre + attn_out, but the MLP read resid_pre.
             values = (x, h1, attn_out, mid, h2, mlp_out, out)
@@ -227,6 +237,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.hook_embed = HookPoint()
         self.pos_embed = (
             nn.Embedding(cfg.n_ctx, cfg.d_model) if cfg.positional == "learned" else None
         )
@@ -345,7 +356,7 @@ class Transformer(nn.Module):
             positions = torch.arange(past, past + t, device=input_embeds.device).expand(b, t)
         elif positions.numel():
             self._check_length(int(positions.max()) + 1)
-        x = input_embeds
+        x = self.hook_embed(input_embeds)
         if rec is not None:
             rec("hook_embed", x)
         pos: torch.Tensor | None = None
@@ -428,6 +439,8 @@ class Transformer(nn.Module):
             rec("ln_final.hook_normalized", normalized)
             logits = self.unembed(normalized)
         return Trace(tokens=tokens, logits=logits, activations=rec.store, cfg=self.cfg)
+
+    run_with_hooks = run_with_hooks  # (tokens, fwd_hooks=[(name, fn)]): lmscope.model.hooks
 
     # ---- inference speed ------------------------------------------------------------------------
     def enable_prepacked(self) -> bool:
