@@ -52,8 +52,8 @@ def _surgery(model, components: list[Component], means=None):  # type: ignore[no
                 )
             )
             if means is not None:
-                kind = "head" if c.kind == "head" else "neuron"
-                mean = means[kind][c.layer][0, :, cols].mean(0)
+                hook = "attn.hook_z" if c.kind == "head" else "mlp.hook_post"
+                mean = means[f"blocks.{c.layer}.{hook}"][0, :, cols].mean(0)
                 shift = proj.weight[:, cols] @ mean
                 if proj.bias is None:
                     proj.bias = torch.nn.Parameter(torch.zeros(proj.out_features))
@@ -84,7 +84,7 @@ def test_hooked_ablation_equals_weight_surgery(model, mode: str) -> None:  # typ
 
 def test_recorded_head_inputs_equal_the_trace(model) -> None:  # type: ignore[no-untyped-def]
     ids = tokens(T)[None]
-    z = record_inputs(model, ids, [1])["head"][1]
+    z = record_inputs(model, ids, [1])["blocks.1.attn.hook_z"]
     trace = model.run_with_trace(ids, names=["blocks.1.attn.hook_z"])
     torch.testing.assert_close(z, trace.activations["blocks.1.attn.hook_z"].flatten(2))
 

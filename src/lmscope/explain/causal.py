@@ -26,6 +26,7 @@ from lmscope.explain.errors import ExplainInputError
 from lmscope.explain.faithfulness import rank_correlation
 from lmscope.explain.interventions import (
     Component,
+    Edits,
     ablation_edits,
     intervening,
     record_inputs,
@@ -63,7 +64,7 @@ def target_logprob(
     model: Transformer,
     tokens: torch.Tensor,
     target: int,
-    edits: dict | None = None,
+    edits: Edits | None = None,
 ) -> float:
     with eval_mode(model), torch.no_grad():
         if edits:
@@ -232,15 +233,15 @@ def patching_head_importance(
         if target is None:
             target = int(both[0].argmax())
         clean_score, corrupt_score = (float(v) for v in _score(both, target, foil))
-        clean_z = record_inputs(model, c, layers)["head"]
+        clean_acts = record_inputs(model, c, layers)
         heads = [Component("head", layer, h) for layer in layers for h in range(cfg.n_heads)]
         values = torch.empty(len(heads), dtype=torch.float64)
         for start in range(0, len(heads), batch_size):
             chunk = heads[start : start + batch_size]
-            edits: dict = {}
+            edits: Edits = {}
             for row, comp in enumerate(chunk):
-                module, cols = site(model, comp)
-                edits.setdefault(module, []).append((cols, clean_z[comp.layer][0, :, cols], row))
+                name, cols = site(model, comp)
+                edits.setdefault(name, []).append((cols, clean_acts[name][0, :, cols], row))
             with intervening(model, edits):
                 logits = model(x.expand(len(chunk), -1), last_only=True)[:, -1]
             values[start : start + len(chunk)] = _score(logits, target, foil).cpu()
