@@ -13,6 +13,7 @@ from lmscope.engine import SamplingParams, generate_batch
 from lmscope.model.quantized import (
     QuantizationError,
     _Int8Linear,
+    adopt_served_weights,
     dequantized_copy,
     outlier_channels,
     quantize_for_decoding,
@@ -189,3 +190,19 @@ def test_prepare_for_decoding_int8_off_and_unsupported() -> None:
     assert off.path == "reference" and model._prepacked is None
     bf16 = prepare_for_decoding(make_model().to(torch.bfloat16))
     assert bf16.path == "reference" and "float32 CPU only (bfloat16 on cpu)" in bf16.reason
+
+
+def test_adopting_the_served_weights_keeps_int8_and_equals_the_dequantised_copy() -> None:
+    model = quantize_for_decoding(make_model(**FAMILIES["tiny-gpt2"]))
+    twin = dequantized_copy(model)
+    tokens = torch.randint(0, 101, (1, 9), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        served = model(tokens)
+    adopt_served_weights(model)
+    assert quantized_path(model) is not None  # still decoding with int8
+    with torch.inference_mode():
+        assert torch.equal(model(tokens), served)
+        trace = model.run_with_trace(tokens)  # the explainers' path: the served weights
+        assert torch.allclose(trace.logits, twin(tokens), atol=1e-5)
+    with pytest.raises(QuantizationError, match="needs a model quantized"):
+        adopt_served_weights(make_model())

@@ -137,6 +137,9 @@ class _Int8Linear:
         self.act = None if activation == "none" else ACTIVATIONS[activation]
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outliers is None and x.numel() == x.shape[-1]:  # one token: the decoding step
+            y = torch.ops.quantized.linear_dynamic(x, self.packed, REDUCE_RANGE)
+            return y if self.bias is None else y.add_(self.bias)
         rows = x.reshape(-1, x.shape[-1])
         extra = None
         if self.outliers is not None:
@@ -297,10 +300,26 @@ def dequantized_copy(model: Transformer) -> Transformer:
     path; the embedding stays float32, as served (a tied unembedding is untied)."""
     path = quantized_path(model)
     twin = copy.deepcopy(model)  # Transformer.__getstate__ leaves the packed path behind
+    if path is not None:
+        _load_all_served(path, twin)
+    return twin
+
+
+def adopt_served_weights(model: Transformer) -> Transformer:
+    """Give a quantized model's own parameters the dequantised weights its int8 path serves,
+    in place, keeping the int8 path: the reference and trace paths (explanations) then compute
+    with the served weights, without a second float32 copy (what the server does)."""
+    path = quantized_path(model)
     if path is None:
-        return twin
+        raise QuantizationError("adopt_served_weights needs a model quantized for decoding")
+    _load_all_served(path, model)
+    path.signature = path._signature()  # the parameters changed on purpose: still current
+    return model
+
+
+def _load_all_served(path: QuantizedPath, target: Transformer) -> None:
     with torch.no_grad():
-        for layer, block in zip(path.layers, twin.blocks, strict=True):
+        for layer, block in zip(path.layers, target.blocks, strict=True):
             pairs = (
                 (layer.qkv, block.attn.qkv),  # type: ignore[union-attr]
                 (layer.out, block.attn.out),  # type: ignore[union-attr]
@@ -309,8 +328,7 @@ def dequantized_copy(model: Transformer) -> Transformer:
             )
             for fast, linear in pairs:
                 _load_served(fast, linear)  # type: ignore[arg-type]
-        _load_served(path.unembed, twin.unembed)  # type: ignore[arg-type]
-    return twin
+        _load_served(path.unembed, target.unembed)  # type: ignore[arg-type]
 
 
 def _load_served(fast: _Int8Linear, linear: nn.Module) -> None:
