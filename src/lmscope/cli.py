@@ -54,6 +54,10 @@ def _register() -> None:
 
     ab.register(app)
 
+    from lmscope.commands import tune
+
+    tune.register(app)
+
 
 def main() -> None:
     prepare_environment()

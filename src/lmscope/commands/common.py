@@ -39,6 +39,7 @@ USER_ERROR_CLASSES = (
     ("lmscope.evaluate.errors", "EvalError"),
     ("lmscope.serve.routing", "RoutingError"),
     ("lmscope.serve.feedback", "FeedbackStoreError"),
+    ("lmscope.tune.errors", "TuneError"),
 )
 
 
