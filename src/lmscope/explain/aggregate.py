@@ -13,7 +13,6 @@ the process group and all-reduces the sums, so every rank returns the whole resu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -249,12 +248,3 @@ def _all_reduce(stats: ComponentStats) -> None:
         dist.all_reduce(t)
     stats.n_prompts = int(count.item())
     stats.meta["shard"] = "all"
-
-
-def spread_note(stats: ComponentStats) -> str:
-    """One line for reports: how many prompts and the spread of the most important head."""
-    top = stats.top_heads(1)[0]
-    return (
-        f"{stats.n_prompts} prompts; top head {top['head']} mean {top['mean']:.3f} "
-        f"(sd {top['std']:.3f}, on the route in {math.floor(100 * top['on_route'])}%)"
-    )
