@@ -15,7 +15,7 @@ from lmscope.explain.faithfulness import agreement, deletion_insertion, rank_cor
 from lmscope.explain.perturb import feature_ablation, occlusion, shapley_value_sampling
 from lmscope.explain.perturb_eval import MaskScorer
 from lmscope.explain.perturb_sampling import kernel_shap, lime
-from test_explain_support import tiny_model, tokens
+from test_explain_support import FAMILIES, tiny_model, tokens
 
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -50,7 +50,10 @@ def close(ours: list[float], theirs: torch.Tensor, tol: float = TOL) -> None:
     assert torch.allclose(got, want, atol=tol, rtol=0), (got - want).abs().max()
 
 
-def test_prefix_cached_scores_equal_full_forwards(model) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_prefix_cached_scores_equal_full_forwards(family: str) -> None:
+    """Every family (learned, sinusoidal and rotary positions; MHA, GQA, MQA; parallel)."""
+    model = tiny_model(family, n_layers=2)
     scorer = MaskScorer(model, ids(), target=TARGET, baseline=BASE, batch_size=3)
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(20, T, generator=g) > 0.3
