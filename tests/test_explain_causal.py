@@ -187,3 +187,6 @@ def test_route_check_of_an_earlier_position_and_through_explain(model) -> None: 
     check = ex.to_dict()["route_check"]
     assert check["components"] == a.components and check["target"] == ex.prediction[0].token
     assert "route_check" not in explain(model, ids, saliency=False).to_dict()
+    from lmscope.explain.report import report_data
+
+    assert report_data(ex)["route_check"]["score"] == pytest.approx(check["score"])

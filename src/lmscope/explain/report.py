@@ -250,6 +250,8 @@ def report_data(ex: Explanation, targets: list[int] | None = None) -> dict[str, 
         "node_lens": _node_lens(ex, chosen),
         "head_maps": _head_maps(ex, per_target),
         "timings": {k: _r(v, 3) for k, v in ex.timings.items()},
+        # explain(route_check=True): the route's ablation vs random components (not drawn yet)
+        **({"route_check": ex.route_check.to_dict()} if ex.route_check is not None else {}),
     }
 
 
