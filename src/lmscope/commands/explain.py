@@ -72,8 +72,10 @@ def explain(
         help="int8: explain the weights `serve --quantize int8` serves (dequantised int8).",
     ),
 ) -> None:
-    """Explain a prediction: information-flow routes, heads, neurons, logit lens, saliency
-    (the default: `lmscope explain MODEL PROMPT`)."""
+    """Explain a prediction: routes, heads, neurons, lens, saliency (the default command).
+
+    `lmscope explain MODEL PROMPT` runs this.
+    """
     from lmscope.explain import explain as run_explain
     from lmscope.explain.errors import ExplainInputError
     from lmscope.explain.export import FORMATS
@@ -257,8 +259,10 @@ def attribute(
     window: int = typer.Option(1, "--window", help="Occlusion window in tokens."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the results as JSON."),
 ) -> None:
-    """Perturbation attributions of the prediction over input tokens, with their agreement
-    (rank correlation) and deletion/insertion AUCs."""
+    """Perturbation attributions over input tokens, with agreement and deletion/insertion AUC.
+
+    Methods: occlusion, feature ablation, Shapley value sampling, LIME, KernelSHAP.
+    """
     import json
 
     from lmscope.explain.faithfulness import agreement, deletion_insertion
@@ -343,8 +347,11 @@ def aggregate_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="JSON, or .html for a diff."),
     top: int = typer.Option(10, "--top"),
 ) -> None:
-    """Which heads and neurons matter over a prompt set (mean, spread, on-route frequency);
-    with --diff, which gained or lost importance in a second model."""
+    """Which heads and neurons matter over a prompt set; --diff compares a second model.
+
+    Mean, spread and on-route frequency per head and neuron; with --diff, which gained or lost
+    importance (circuit diff).
+    """
     from lmscope.explain.aggregate import aggregate
     from lmscope.explain.circuit_diff import circuit_diff
     from lmscope.explain.errors import check_tau
@@ -395,8 +402,10 @@ def rules_cmd(
     max_depth: int = typer.Option(3, "--max-depth"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the rules as JSON."),
 ) -> None:
-    """Plain-text rules (a shallow decision tree) that mimic the model's decisions, with their
-    fidelity on held-out prompts. Needs scikit-learn."""
+    """Plain-text rules that mimic the model's decisions, with held-out fidelity.
+
+    A shallow decision tree on word features; needs scikit-learn.
+    """
     from lmscope.explain.rules import fit_rules, model_decisions
 
     texts = _read_prompts(prompts)
