@@ -231,3 +231,12 @@ def test_batches_cover_every_row_and_bound_the_waste() -> None:
         need = sum(64 - p for p in part)
         assert len(part) == 1 or len(part) * (64 - min(part)) <= WASTE * need
     assert chunks([], 64, 16) == []
+
+
+def test_long_prompts_get_fewer_rows_per_batch() -> None:
+    from lmscope.explain.perturb_eval import TOKENS_PER_BATCH
+
+    model = tiny_model("gpt2", n_layers=1, n_ctx=256)
+    assert MaskScorer(model, tokens(8), batch_size=16).batch_size == 16
+    long = MaskScorer(model, torch.arange(200) % 64, batch_size=64)
+    assert long.batch_size == TOKENS_PER_BATCH // 200 < 64

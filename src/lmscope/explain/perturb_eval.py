@@ -26,6 +26,7 @@ from lmscope.model.transformer import Transformer
 
 DEFAULT_BATCH = 16
 WASTE = 1.25  # a batch may run at most this many times the positions its rows need
+TOKENS_PER_BATCH = 8192  # rows x prompt length per batch at most (bounds the batch's KV cache)
 
 
 def check_token_id(model: Transformer, token: int | None, what: str) -> None:
@@ -79,7 +80,8 @@ class MaskScorer:
     """The score at the prompt's last position for any set of token masks (see module doc).
 
     `n_positions` counts the token positions run through the model so far (the cost measure the
-    prefix reuse lowers; a full forward of every row would cost N * T).
+    prefix reuse lowers; a full forward of every row would cost N * T). `batch_size` is the most
+    rows per forward; long prompts get fewer (at most TOKENS_PER_BATCH rows x tokens).
     """
 
     def __init__(
@@ -110,7 +112,8 @@ class MaskScorer:
         self.n_tokens = self.tokens.shape[1]
         self.baseline = baseline
         self.foil, self.score = foil, score
-        self.batch_size = batch_size
+        # Long prompts get fewer rows per batch (the batch cache is rows x T positions).
+        self.batch_size = min(batch_size, max(1, TOKENS_PER_BATCH // self.n_tokens))
         self.should_stop = should_stop
         self.n_positions = 0
         base_row = torch.full_like(self.tokens, baseline)
