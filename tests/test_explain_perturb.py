@@ -240,3 +240,19 @@ def test_long_prompts_get_fewer_rows_per_batch() -> None:
     assert MaskScorer(model, tokens(8), batch_size=16).batch_size == 16
     long = MaskScorer(model, torch.arange(200) % 64, batch_size=64)
     assert long.batch_size == TOKENS_PER_BATCH // 200 < 64
+
+
+def test_faithfulness_of_gradient_methods(model) -> None:  # type: ignore[no-untyped-def]
+    """The same scores apply to the gradient methods' attributions (their baseline: the
+    default token); attention rollout names no target and is refused."""
+    from lmscope.explain import TraceView, attention_rollout, gradient_x_input, record
+
+    grad = gradient_x_input(model, ids()[0], target=TARGET)
+    faith = deletion_insertion(model, grad, baseline=BASE)
+    assert faith.method == "gradient_x_input" and len(faith.deletion) == T + 1
+    assert faith.deletion[0] == pytest.approx(1.0) and faith.insertion[-1] == pytest.approx(1.0)
+    table = agreement([grad, occlusion(model, ids(), target=TARGET, baseline=BASE)])
+    assert -1.0 <= table["gradient_x_input"]["occlusion"] <= 1.0
+    rollout = attention_rollout(TraceView(model, record(model, ids()[0])))
+    with pytest.raises(ExplainInputError, match="names no target token"):
+        deletion_insertion(model, rollout)
