@@ -17,7 +17,12 @@ from lmscope.explain.perturb_eval import MaskScorer
 from lmscope.explain.perturb_sampling import kernel_shap, lime
 from test_explain_support import FAMILIES, tiny_model, tokens
 
-captum_attr = pytest.importorskip("captum.attr")
+
+@pytest.fixture(scope="module")
+def captum_attr():  # type: ignore[no-untyped-def]
+    """Captum 0.9, the oracle (a test-only dependency); only its comparisons skip without it."""
+    return pytest.importorskip("captum.attr")
+
 
 T = 9
 TARGET = 5
@@ -68,7 +73,7 @@ def test_prefix_cached_scores_equal_full_forwards(family: str) -> None:
     assert scorer.n_positions - before < 18 * T  # prefixes were reused
 
 
-def test_feature_ablation_matches_captum(model) -> None:  # type: ignore[no-untyped-def]
+def test_feature_ablation_matches_captum(model, captum_attr) -> None:  # type: ignore[no-untyped-def]
     fa = captum_attr.FeatureAblation(forward_score(model))
     want = fa.attribute(ids(), baselines=BASE)
     close(feature_ablation(model, ids(), target=TARGET, baseline=BASE, batch_size=4).scores, want)
@@ -79,7 +84,7 @@ def test_feature_ablation_matches_captum(model) -> None:  # type: ignore[no-unty
 
 
 @pytest.mark.parametrize(("window", "stride"), [(1, 1), (3, 2), (4, 1)])
-def test_occlusion_matches_captum(model, window: int, stride: int) -> None:  # type: ignore[no-untyped-def]
+def test_occlusion_matches_captum(model, captum_attr, window: int, stride: int) -> None:  # type: ignore[no-untyped-def]
     occ = captum_attr.Occlusion(forward_score(model))
     want = occ.attribute(ids(), sliding_window_shapes=(window,), strides=(stride,), baselines=BASE)
     got = occlusion(model, ids(), target=TARGET, baseline=BASE, window=window, stride=stride)
@@ -87,7 +92,7 @@ def test_occlusion_matches_captum(model, window: int, stride: int) -> None:  # t
     assert got.method == "occlusion" and got.meta["window"] == window
 
 
-def test_shapley_value_sampling_matches_captum(model) -> None:  # type: ignore[no-untyped-def]
+def test_shapley_value_sampling_matches_captum(model, captum_attr) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(3)
     want = captum_attr.ShapleyValueSampling(forward_score(model)).attribute(
         ids(), baselines=BASE, n_samples=6
@@ -128,7 +133,7 @@ def test_exact_shapley_equals_brute_force(model) -> None:  # type: ignore[no-unt
     )
 
 
-def test_kernel_shap_matches_captum(model) -> None:  # type: ignore[no-untyped-def]
+def test_kernel_shap_matches_captum(model, captum_attr) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(5)
     want = captum_attr.KernelShap(forward_score(model)).attribute(
         ids(), baselines=BASE, n_samples=40
@@ -138,7 +143,7 @@ def test_kernel_shap_matches_captum(model) -> None:  # type: ignore[no-untyped-d
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
-def test_lime_matches_captum(model, alpha: float) -> None:  # type: ignore[no-untyped-def]
+def test_lime_matches_captum(model, captum_attr, alpha: float) -> None:  # type: ignore[no-untyped-def]
     from captum._utils.models.linear_model import SkLearnLinearRegression, SkLearnRidge
 
     width = 0.4
