@@ -15,11 +15,9 @@ import pytest
 import torch
 import yaml
 
-from lmscope.data.prepare import PrepareConfig, prepare
 from lmscope.train.config import config_from_dict
 from lmscope.train.trainer import Trainer
-
-SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare.txt"
+from train_support import prepared_data
 
 
 def config(data_dir: Path, out_dir: Path, batch_size: int) -> dict[str, Any]:
@@ -40,14 +38,7 @@ def config(data_dir: Path, out_dir: Path, batch_size: int) -> dict[str, Any]:
 def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun is not None, "torchrun is installed with torch"
-    text = SHAKESPEARE.read_text()[:20_000] if SHAKESPEARE.is_file() else "to be or not\n\n" * 400
-    (tmp_path / "corpus.txt").write_text(text)
-    data = tmp_path / "data"
-    prepare(
-        PrepareConfig(
-            inputs=[str(tmp_path / "corpus.txt")], out=str(data), vocab_size=320, progress=False
-        )
-    )
+    data = prepared_data(tmp_path, 20_000, vocab_size=320)
 
     ddp_cfg = tmp_path / "ddp.yaml"
     ddp_cfg.write_text(yaml.safe_dump(config(data, tmp_path / "ddp", batch_size=3)))

@@ -22,56 +22,22 @@ from lmscope.train.errors import CheckpointWriteError, ResumeError, TrainConfigE
 from lmscope.train.finetune import FreezePlan
 from lmscope.train.trainer import Trainer, TrainResult
 from lmscope.zoo.checkpoint import load_checkpoint
+from train_support import corpus, prepared_data, with_sections
 
-SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare.txt"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    """Tiny models train faster on one thread, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _corpus() -> str:
-    if SHAKESPEARE.is_file():
-        return SHAKESPEARE.read_text()[:40_000]
-    rng = np.random.default_rng(0)
-    words = [
-        "to",
-        "be",
-        "or",
-        "not",
-        "that",
-        "is",
-        "the",
-        "question",
-        "whether",
-        "tis",
-        "nobler",
-        "in",
-        "mind",
-    ]
-    return "\n\n".join(" ".join(rng.choice(words, 40)) for _ in range(200))
+    return corpus(40_000)
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train-data")
-    (root / "corpus.txt").write_text(_corpus())
-    out = root / "data"
-    prepare(
-        PrepareConfig(
-            inputs=[str(root / "corpus.txt")], out=str(out), vocab_size=384, progress=False
-        )
-    )
-    return out
+    return prepared_data(tmp_path_factory.mktemp("train-data"), 40_000, vocab_size=384)
 
 
 def tiny_config(data_dir: Path, out_dir: Path, **sections: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
+    base: dict[str, Any] = {
         "out_dir": str(out_dir),
         "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "dropout": 0.0},
         "data": {"dir": str(data_dir), "context": 32},
@@ -82,12 +48,7 @@ def tiny_config(data_dir: Path, out_dir: Path, **sections: Any) -> dict[str, Any
         "checkpoint": {"every": 10, "keep_last": 1},
         "log": {"every": 5, "tensorboard": False, "progress": False, "mlflow": "off"},
     }
-    for name, values in sections.items():
-        if isinstance(values, dict) and isinstance(config.get(name), dict):
-            config[name] = {**config[name], **values}
-        else:
-            config[name] = values
-    return config
+    return with_sections(base, **sections)
 
 
 def run(config: dict[str, Any], **kwargs: Any) -> TrainResult:

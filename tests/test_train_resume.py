@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
-from lmscope.data.prepare import PrepareConfig, prepare
-
-SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare.txt"
+from train_support import prepared_data
 
 # Runs a training config (JSON in argv[1]); kills itself with SIGKILL at the moment argv[2] names:
 # "step:N" right after optimizer step N, "checkpoint:N" halfway through writing checkpoint N.
@@ -53,22 +51,7 @@ print("RESULT " + json.dumps(result.record["final"]))
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("resume-data")
-    text = (
-        SHAKESPEARE.read_text()[:20_000]
-        if SHAKESPEARE.is_file()
-        else "to be or not to be\n\n" * 500
-    )
-    (root / "corpus.txt").write_text(text)
-    prepare(
-        PrepareConfig(
-            inputs=[str(root / "corpus.txt")],
-            out=str(root / "data"),
-            vocab_size=320,
-            progress=False,
-        )
-    )
-    return root / "data"
+    return prepared_data(tmp_path_factory.mktemp("resume-data"), 20_000, vocab_size=320)
 
 
 def config(data_dir: Path, out_dir: Path) -> dict[str, Any]:

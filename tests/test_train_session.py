@@ -26,42 +26,25 @@ from lmscope.train.loop_state import Callback
 from lmscope.train.sampling import PromptFormat
 from lmscope.train.session import projected_total
 from lmscope.train.trainer import Trainer
+from train_support import corpus, prepared_data, with_sections
 
-SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare.txt"
 CHATML = ["<|im_start|>", "<|im_end|>"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _text() -> str:
-    if SHAKESPEARE.is_file():
-        return SHAKESPEARE.read_text()[:20_000]
-    return "to be or not to be, that is the question\n\n" * 400
+    return corpus(20_000)
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("session-data")
-    (root / "corpus.txt").write_text(_text())
-    prepare(
-        PrepareConfig(
-            inputs=[str(root / "corpus.txt")],
-            out=str(root / "data"),
-            tokenizer="char",
-            progress=False,
-        )
-    )
-    return root / "data"
+    return prepared_data(tmp_path_factory.mktemp("session-data"), 20_000, tokenizer="char")
 
 
 def tiny(data_dir: Path, out_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
-    config: dict[str, Any] = {
+    base: dict[str, Any] = {
         "out_dir": str(out_dir),
         "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.0},
         "data": {"dir": str(data_dir), "context": 32},
@@ -70,9 +53,7 @@ def tiny(data_dir: Path, out_dir: Path, **sections: dict[str, Any]) -> dict[str,
         "checkpoint": {"every": 0, "keep_last": 3},
         "log": {"tensorboard": False, "progress": False, "mlflow": "off"},
     }
-    for name, values in sections.items():
-        config[name] = {**config.get(name, {}), **values}
-    return config
+    return with_sections(base, **sections)
 
 
 # ---- Ctrl-C ----------------------------------------------------------------------------------------

@@ -12,13 +12,11 @@ from typing import Any
 
 import optuna
 import pytest
-import torch
 import typer
 import yaml
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from lmscope.data.prepare import PrepareConfig, prepare
 from lmscope.train.config import load_config
 from lmscope.tune.errors import TuneError
 from lmscope.tune.report import export, load_study, write_report
@@ -28,27 +26,14 @@ from lmscope.tune.search import parse_search
 from lmscope.tune.space import literal, parse_space
 from lmscope.tune.storage import default_url, open_storage
 from lmscope.tune.study import claim, open_study
+from train_support import prepared_data
 
-SHAKESPEARE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tinyshakespeare.txt"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tune-data")
-    text = SHAKESPEARE.read_text()[:30_000] if SHAKESPEARE.is_file() else "to be or not\n\n" * 2000
-    (root / "corpus.txt").write_text(text)
-    out = root / "data"
-    prepare(PrepareConfig(inputs=[str(root / "corpus.txt")], out=str(out), vocab_size=300,
-                          progress=False))  # fmt: skip
-    return out
+    return prepared_data(tmp_path_factory.mktemp("tune-data"), 30_000, vocab_size=300)
 
 
 def base_config(data_dir: Path) -> dict[str, Any]:
