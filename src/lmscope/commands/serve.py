@@ -81,6 +81,12 @@ def serve(
     threads: int | None = typer.Option(
         None, help="CPU threads for torch (default: torch's choice, usually the core count)."
     ),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="int8: weights quantized once at load (float32 on the CPU; about 3x faster "
+        "decoding, bits per byte within 1%); explanations use the dequantised int8 weights.",
+    ),
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API, with explanations and the web explorer."""
     import torch
@@ -93,6 +99,10 @@ def serve(
 
     if dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
+    if quantize is not None:
+        from lmscope.model.quantized import check_quantize_mode
+
+        check_quantize_mode(quantize, dtype)
     for name, value in (
         ("--max-batch", max_batch),
         ("--max-queue", max_queue),
@@ -115,6 +125,7 @@ def serve(
         request_timeout=timeout,
         dtype=dtype,
         prepack=prepack,
+        quantize=quantize,
     )
     if prefill_chunk is not None:
         settings.prefill_chunk = prefill_chunk

@@ -94,6 +94,7 @@ class Prompt:
             "token_strs": entry.token_strs,
             "n_prompt_tokens": self.n_prompt_tokens,
             "cached": cached,
+            "weights": self.served.weights,
         }
 
 

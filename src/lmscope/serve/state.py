@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from lmscope.engine import PREFILL_CHUNK, Engine
-from lmscope.model.prepacked import optimize_for_decoding
+from lmscope.model.decoding import prepare_for_decoding
+from lmscope.model.quantized import adopt_served_weights
 from lmscope.serve.errors import APIError
 from lmscope.serve.experiments import Experiments, parse_shadows
 from lmscope.serve.metrics import ServerMetrics
@@ -38,6 +39,7 @@ class ServeSettings:
     dtype: str = "float32"
     explain_workers: int = 1
     prepack: bool = True  # optimize_for_decoding: faster CPU decoding, one more weight copy
+    quantize: str | None = None  # "int8": weights quantized at load (lmscope.model.quantized)
     prefill_chunk: int = PREFILL_CHUNK
     # Online A/B: where answers and feedback are stored (default: a SQLite file in the cache
     # when there are --route aliases), and which version shadows which alias.
@@ -54,6 +56,7 @@ class ServedModel:
     engine: Engine
     # Held by every encode the server does with this tokenizer (see lmscope.serve.prompts).
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
+    weights: str = "float32"  # what is served and explained, e.g. "int8 (dequantized)"
 
 
 class ServerState:
@@ -90,8 +93,19 @@ class ServerState:
                     '{"event": "loading", "model": "%s", "source": "%s"}', spec.id, spec.source
                 )
                 loaded = load(spec.source, dtype=dtype)
-                if self.settings.prepack:
-                    optimize_for_decoding(loaded.model)  # fp32 CPU only
+                choice = prepare_for_decoding(  # the fastest path here (or int8 when asked)
+                    loaded.model,
+                    quantize=self.settings.quantize,
+                    prepack=self.settings.prepack,
+                    batch=self.settings.max_batch,
+                )
+                log.info(
+                    json.dumps({"event": "decoding_path", "model": spec.id, **choice.as_dict()})
+                )
+                weights = self.settings.dtype
+                if choice.path == "int8":  # explanations then explain the served weights
+                    adopt_served_weights(loaded.model)
+                    weights = "int8 (dequantized)"
                 if loaded.tokenizer is None:
                     raise ValueError(f"model {spec.id} has no tokenizer; the server needs one")
                 engine = Engine(
@@ -106,7 +120,7 @@ class ServerState:
                 )
                 engine.start()
                 self.models[spec.id] = ServedModel(
-                    spec.id, spec.source, loaded.model, loaded.tokenizer, engine
+                    spec.id, spec.source, loaded.model, loaded.tokenizer, engine, weights=weights
                 )
             self.ready.set()
             log.info('{"event": "ready", "models": %d}', len(self.models))

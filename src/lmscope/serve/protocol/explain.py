@@ -206,6 +206,11 @@ class PromptEcho(BaseModel):
     token_strs: list[str]
     n_prompt_tokens: int
     cached: bool = Field(description="the prompt's trace came from the server's cache")
+    weights: str = Field(
+        "float32",
+        description="the weights explained: those served, e.g. 'int8 (dequantized)' under "
+        "`serve --quantize int8` (the run-time rounding of activations is not in them)",
+    )
 
 
 class NextToken(BaseModel):
