@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from lmscope.engine.prompts import encode_text
@@ -28,9 +27,7 @@ from lmscope.serve.protocol import (
     DeltaMessage,
     TopLogprob,
     Usage,
-    new_id,
 )
-from lmscope.serve.protocol.common import now
 from lmscope.serve.serving import (
     Job,
     check_capacity,
@@ -42,12 +39,11 @@ from lmscope.serve.serving import (
     note,
     run_jobs,
     sampling_params,
-    server_state,
-    shadow_answer,
     start_experiment,
     streaming_response,
     unless_disconnected,
 )
+from lmscope.serve.serving_base import OpenAIServing
 from lmscope.serve.state import ServedModel
 
 try:
@@ -113,15 +109,10 @@ def _renderer(plan: Any) -> Any:
     return render
 
 
-class OpenAIServingChat:
+class OpenAIServingChat(OpenAIServing[ChatCompletionRequest]):
     """Serves one chat completion request; `create` answers it."""
 
-    def __init__(self, body: ChatCompletionRequest, request: Request) -> None:
-        self.body = body
-        self.request = request
-        self.state = server_state(request)
-        self.id = new_id("chatcmpl")
-        self.created = now()
+    id_prefix = "chatcmpl"
 
     async def create(self) -> ChatCompletionResponse | StreamingResponse:
         body = self.body
@@ -150,24 +141,15 @@ class OpenAIServingChat:
             for c in range(body.n)
         ]
         await start_experiment(self.request, self.state, served, alias, user, self.id)
-        self._shadow(alias, jobs, plan)
+
+        async def shadow_prompts(shadow: ServedModel) -> list[list[int]]:
+            return [await chat_prompt(shadow, body.messages, _renderer(plan))]
+
+        self.shadow(alias, shadow_prompts, jobs[:1])
         if body.stream:
             chunks = await first_then_rest(self._stream(served, jobs, plan))
             return streaming_response(chunks, served)
         return await unless_disconnected(self.request, self._whole(served, jobs, plan))
-
-    def _shadow(self, alias: str | None, jobs: list[Job], plan: Any) -> None:
-        """The alias's shadow version answers the same messages in the background."""
-        experiments = self.state.experiments
-        if experiments is None:
-            return
-
-        async def run(model_id: str) -> tuple[str, int, int]:
-            shadow = self.state.models[model_id]
-            prompt = await chat_prompt(shadow, self.body.messages, _renderer(plan))
-            return await shadow_answer(self.state, model_id, [prompt], jobs[:1])
-
-        experiments.shadow(alias, self.id, run)
 
     def _chunk(
         self,
@@ -178,9 +160,7 @@ class OpenAIServingChat:
         logprobs: ChatLogprobs | None = None,
     ) -> ChatCompletionChunk:
         return ChatCompletionChunk(
-            id=self.id,
-            created=self.created,
-            model=served.id,
+            **self.head(served),
             choices=[
                 ChatStreamChoice(index=choice, delta=delta, logprobs=logprobs, finish_reason=finish)
             ],
@@ -223,33 +203,18 @@ class OpenAIServingChat:
             note(self.request, served, prompt_tokens, sum(counts))
         if body.include_usage():
             yield ChatCompletionChunk(
-                id=self.id,
-                created=self.created,
-                model=served.id,
-                choices=[],
-                usage=Usage.of(prompt_tokens, sum(counts)),
+                **self.head(served), choices=[], usage=Usage.of(prompt_tokens, sum(counts))
             )
 
     async def _whole(
         self, served: ServedModel, jobs: list[Job], plan: Any
     ) -> ChatCompletionResponse:
         body = self.body
-        texts: list[list[str]] = [[] for _ in jobs]
-        scores: list[list[Any]] = [[] for _ in jobs]
-        reasons: list[Any] = [None] * len(jobs)
-        counts = [0] * len(jobs)
         prompt_tokens = len(jobs[0].prompt)
-        note(self.request, served, prompt_tokens, 0)  # kept current: a hang-up is logged too
-        async for c, event in run_jobs(served, jobs, self.state.settings.request_timeout):
-            texts[c].append(event.text)
-            if event.logprob is not None:
-                scores[c].append(event.logprob)
-            counts[c] = max(counts[c], event.completion_tokens)
-            note(self.request, served, prompt_tokens, sum(counts))
-            reasons[c] = event.finish_reason or reasons[c]
+        got = await self.gather(served, jobs, prompt_tokens)
         choices = []
         for c in range(len(jobs)):
-            text, reason = "".join(texts[c]), reasons[c]
+            text, reason = got.text(c), got.reasons[c]
             fields: dict[str, Any] = {"content": text}
             if plan is not None:
                 fields, reason = plan.message(text, reason)
@@ -257,14 +222,10 @@ class OpenAIServingChat:
                 ChatChoice(
                     index=c,
                     message=AssistantMessage(**fields),
-                    logprobs=chat_logprobs(scores[c]) if body.logprobs else None,
+                    logprobs=chat_logprobs(got.scores[c]) if body.logprobs else None,
                     finish_reason=reason,
                 )
             )
         return ChatCompletionResponse(
-            id=self.id,
-            created=self.created,
-            model=served.id,
-            choices=choices,
-            usage=Usage.of(prompt_tokens, sum(counts)),
+            **self.head(served), choices=choices, usage=Usage.of(prompt_tokens, sum(got.counts))
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from lmscope.serve.prompts import completion_prompts
@@ -16,9 +15,7 @@ from lmscope.serve.protocol import (
     CompletionRequest,
     CompletionResponse,
     Usage,
-    new_id,
 )
-from lmscope.serve.protocol.common import now
 from lmscope.serve.serving import (
     Job,
     check_capacity,
@@ -30,13 +27,12 @@ from lmscope.serve.serving import (
     note,
     run_jobs,
     sampling_params,
-    server_state,
-    shadow_answer,
     start_experiment,
     streaming_response,
     token_text,
     unless_disconnected,
 )
+from lmscope.serve.serving_base import OpenAIServing
 from lmscope.serve.state import ServedModel
 
 
@@ -70,15 +66,10 @@ def _logprobs(
     return out
 
 
-class OpenAIServingCompletion:
+class OpenAIServingCompletion(OpenAIServing[CompletionRequest]):
     """Serves one completion request; `create` answers it."""
 
-    def __init__(self, body: CompletionRequest, request: Request) -> None:
-        self.body = body
-        self.request = request
-        self.state = server_state(request)
-        self.id = new_id("cmpl")
-        self.created = now()
+    id_prefix = "cmpl"
 
     async def create(self) -> CompletionResponse | StreamingResponse:
         body = self.body
@@ -102,30 +93,19 @@ class OpenAIServingCompletion:
             for j in range(body.n)
         ]
         await start_experiment(self.request, self.state, served, alias, user, self.id)
-        self._shadow(alias, jobs)
+
+        async def shadow_prompts(shadow: ServedModel) -> list[list[int]]:
+            return await completion_prompts(shadow, body.prompt)
+
+        self.shadow(alias, shadow_prompts, jobs[:: body.n])
         if body.stream:
             chunks = await first_then_rest(self._stream(served, jobs))
             return streaming_response(chunks, served)
         return await unless_disconnected(self.request, self._whole(served, jobs))
 
-    def _shadow(self, alias: str | None, jobs: list[Job]) -> None:
-        """The alias's shadow version answers the same prompts in the background."""
-        experiments = self.state.experiments
-        if experiments is None:
-            return
-
-        async def run(model_id: str) -> tuple[str, int, int]:
-            shadow = self.state.models[model_id]
-            prompts = await completion_prompts(shadow, self.body.prompt)
-            return await shadow_answer(self.state, model_id, prompts, jobs[:: self.body.n])
-
-        experiments.shadow(alias, self.id, run)
-
     def _chunk(self, served: ServedModel, choice: int, text: str, finish: Any) -> CompletionChunk:
         return CompletionChunk(
-            id=self.id,
-            created=self.created,
-            model=served.id,
+            **self.head(served),
             choices=[CompletionChoice(index=choice, text=text, finish_reason=finish)],
         )
 
@@ -151,53 +131,33 @@ class OpenAIServingCompletion:
             note(self.request, served, prompt_tokens, sum(completion_tokens))
         if body.include_usage():
             yield CompletionChunk(
-                id=self.id,
-                created=self.created,
-                model=served.id,
+                **self.head(served),
                 choices=[],
                 usage=Usage.of(prompt_tokens, sum(completion_tokens)),
             )
 
     async def _whole(self, served: ServedModel, jobs: list[Job]) -> CompletionResponse:
         body = self.body
-        texts: list[list[str]] = [[] for _ in jobs]
-        scores: list[list[Any]] = [[] for _ in jobs]
-        prompt_scores: list[list[Any] | None] = [None] * len(jobs)
-        reasons: list[Any] = [None] * len(jobs)
-        counts = [0] * len(jobs)
         prompt_tokens = sum(len(job.prompt) for job in jobs[:: body.n])
-        note(self.request, served, prompt_tokens, 0)  # kept current: a hang-up is logged too
-        async for choice, event in run_jobs(served, jobs, self.state.settings.request_timeout):
-            if event.prompt_logprobs is not None:
-                prompt_scores[choice] = event.prompt_logprobs
-            texts[choice].append(event.text)
-            if event.logprob is not None:
-                scores[choice].append(event.logprob)
-            counts[choice] = max(counts[choice], event.completion_tokens)
-            note(self.request, served, prompt_tokens, sum(counts))
-            reasons[choice] = event.finish_reason or reasons[choice]
+        got = await self.gather(served, jobs, prompt_tokens)
         choices = []
         for job in jobs:
             c = job.choice
             prompt_text = served.tokenizer.decode(job.prompt) if body.echo else ""
             logprobs = None
             if body.logprobs is not None:
-                all_scores = list(scores[c])
+                all_scores = list(got.scores[c])
                 if body.echo:
-                    all_scores = list(prompt_scores[c] or [None] * len(job.prompt)) + all_scores
+                    all_scores = list(got.prompt_scores[c] or [None] * len(job.prompt)) + all_scores
                 logprobs = _logprobs(served, all_scores, job.prompt if body.echo else None)
             choices.append(
                 CompletionChoice(
                     index=c,
-                    text=prompt_text + "".join(texts[c]),
+                    text=prompt_text + got.text(c),
                     logprobs=logprobs,
-                    finish_reason=reasons[c],
+                    finish_reason=got.reasons[c],
                 )
             )
         return CompletionResponse(
-            id=self.id,
-            created=self.created,
-            model=served.id,
-            choices=choices,
-            usage=Usage.of(prompt_tokens, sum(counts)),
+            **self.head(served), choices=choices, usage=Usage.of(prompt_tokens, sum(got.counts))
         )
