@@ -16,29 +16,14 @@ from pydantic import BaseModel, Field
 from lmscope.serve.routing import ModelSpec
 from lmscope.serve.state import ServeSettings
 from serve_support import running_server
+from test_structured_constraints import SCHEMAS as GRAMMAR_SCHEMAS
 from test_structured_plan import TOOL_TEMPLATE, WEATHER
 
 pytest.importorskip("llguidance")
 jsonschema_rs = pytest.importorskip("jsonschema_rs")
 
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "nested": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "maxLength": 6},
-            "address": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string", "maxLength": 5},
-                    "zip": {"type": "integer", "minimum": 0, "maximum": 99999},
-                },
-                "required": ["city", "zip"],
-                "additionalProperties": False,
-            },
-        },
-        "required": ["name", "address"],
-        "additionalProperties": False,
-    },
+    "nested": GRAMMAR_SCHEMAS["nested"],  # the grammar tests' nested object, end to end
     "enums": {
         "type": "object",
         "properties": {
