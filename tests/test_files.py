@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lmscope.files import atomic_path, atomic_write, atomic_write_text, new_temp_dir
+from lmscope.files import atomic_path, atomic_write, atomic_write_text, new_temp_dir, staged_dir
 
 
 @pytest.fixture(params=[0o022, 0o077, 0o002])
@@ -55,3 +55,19 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
 def test_temporary_names_do_not_collide(tmp_path: Path) -> None:
     dirs = {new_temp_dir(".x.", tmp_path) for _ in range(50)}
     assert len(dirs) == 50 and all(d.is_dir() for d in dirs)
+
+
+def test_a_staged_directory_replaces_its_target_only_when_complete(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), staged_dir(target) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+    with staged_dir(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".model.")
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]

@@ -112,3 +112,17 @@ def replace_dir(new: Path, target: Path) -> None:
     os.replace(new, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """A new directory beside `target` to fill; when the block ends it is published as
+    `target` (`replace_dir`), and if the block raises it is deleted and `target` is untouched."""
+    target = Path(target)
+    tmp = new_temp_dir(f".{target.name}.", target.parent)
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

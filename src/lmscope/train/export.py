@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lmscope.files import new_temp_dir, replace_dir
+from lmscope.files import staged_dir
 from lmscope.model.transformer import Transformer
 from lmscope.train.errors import CheckpointWriteError
 from lmscope.train.finetune import merge_lora, save_adapter
@@ -37,12 +37,10 @@ def export(
     if model is None:
         return None, adapter_dir
     target = out_dir / "model"
-    tmp = new_temp_dir(".model.", out_dir)
     try:
-        save_checkpoint(model, tmp, tokenizer=hf_tokenizer, metadata=json_safe(metadata))
-        replace_dir(tmp, target)
+        with staged_dir(target) as tmp:  # named .model.* while it is written
+            save_checkpoint(model, tmp, tokenizer=hf_tokenizer, metadata=json_safe(metadata))
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(
             f"could not write the final model to {target}: {err}; the step "
             "checkpoints are intact, free space and run again with --resume"

@@ -8,7 +8,6 @@ one every `unfreeze_every` steps, so what is trainable is a pure function of the
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmscope.files import new_temp_dir, replace_dir
+from lmscope.files import staged_dir
 from lmscope.model.transformer import Transformer
 from lmscope.train.config import FinetuneSection, LoraSection
 from lmscope.train.errors import ResumeError, TrainConfigError
@@ -139,13 +138,8 @@ def save_adapter(peft_model: Any, directory: Path) -> Path:
     replacing `directory` only once the new files are complete."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = new_temp_dir(f".{directory.name}.", directory.parent)
-    try:
+    with staged_dir(directory) as tmp:
         peft_model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
-        replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

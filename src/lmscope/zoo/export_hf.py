@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from lmscope.files import new_temp_dir, replace_dir
+from lmscope.files import staged_dir
 from lmscope.model.config import ModelConfig
 from lmscope.model.transformer import Transformer
 from lmscope.zoo.errors import UnsupportedModelError
@@ -242,8 +242,7 @@ def export_hf(
     hf_config = hf_config_for(model.cfg, family)
     hf_config.torch_dtype = str(model.dtype).removeprefix("torch.")
     tensors = hf_state_dict(model, hf_config)
-    tmp = new_temp_dir(f".{out.name}.", out.parent)
-    try:
+    with staged_dir(out) as tmp:
         hf_config.save_pretrained(tmp)
         weights = {k: v.contiguous() for k, v in tensors.items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -252,10 +251,6 @@ def export_hf(
             tokenizer.save_pretrained(str(tmp))
         if source is not None:
             copy_model_card(Path(source), tmp)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
