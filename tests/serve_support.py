@@ -7,8 +7,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
@@ -57,3 +59,22 @@ def running_app(app: FastAPI, *, wait_ready: bool = True) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def hold_explanations(
+    monkeypatch: pytest.MonkeyPatch, wait_s: float = 60
+) -> tuple[threading.Event, threading.Event]:
+    """Explanations on an in-process server wait inside `explain_traced` until `release` is
+    set; `started` is set once one is held. Returns (started, release)."""
+    from lmscope.serve import serving_explain
+
+    started, release = threading.Event(), threading.Event()
+    real = serving_explain.explain_traced
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        assert release.wait(wait_s), "the test never released the explanation"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(serving_explain, "explain_traced", held)
+    return started, release

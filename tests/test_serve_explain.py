@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,11 @@ import pytest
 import torch
 
 from lmscope.explain import explain
-from lmscope.serve import serving_explain
 from lmscope.serve.explain_cache import TraceCache, explain_traced, trace_prompt
 from lmscope.serve.routing import ModelSpec
 from lmscope.serve.state import ServeSettings
 from lmscope.zoo.registry import load
-from serve_support import running_server
+from serve_support import hold_explanations, running_server
 
 PROMPT = "The quick brown fox jumps over"
 
@@ -281,15 +279,7 @@ def test_generation_completes_while_an_explanation_runs(
     server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An explanation in progress must not block the event loop or the generation engine."""
-    started, release = threading.Event(), threading.Event()
-    real = serving_explain.explain_traced
-
-    def slow(*args: Any, **kwargs: Any) -> Any:
-        started.set()
-        assert release.wait(30), "the test never released the explanation"
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(serving_explain, "explain_traced", slow)
+    started, release = hold_explanations(monkeypatch, wait_s=30)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         pending = pool.submit(post, server, "/v1/explain", {"prompt": "To be, or not to be"})
         assert started.wait(30)

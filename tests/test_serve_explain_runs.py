@@ -8,7 +8,6 @@ import concurrent.futures
 import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from lmscope.serve import serving_explain
 from lmscope.serve.app import create_app
 from lmscope.serve.routing import ModelSpec
 from lmscope.serve.state import ServeSettings
-from serve_support import running_app
+from serve_support import hold_explanations, running_app
 
 PROMPT = "The quick brown fox jumps over"
 N_STEPS = 512  # one path point per pass below: 512 passes if nothing stops them
@@ -124,15 +123,7 @@ def test_waiting_explanations_hold_no_threads(
     """More explanations queue than the shared thread pool has threads (40), yet a request that
     needs that pool (tokenizing) is still answered while they wait."""
     base, app = served
-    started, release = threading.Event(), threading.Event()
-    real = serving_explain.explain_traced
-
-    def blocked(*args: Any, **kwargs: Any) -> Any:
-        started.set()
-        assert release.wait(60), "the test never released the explanation"
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(serving_explain, "explain_traced", blocked)
+    started, release = hold_explanations(monkeypatch, wait_s=60)
     n_waiting = 45
 
     def post(path: str, payload: dict[str, Any]) -> httpx.Response:
