@@ -132,17 +132,19 @@ def bench_smollm2() -> None:
     )
 
 
-def bench_long() -> None:
-    """Run `long-child` in a fresh process so peak RSS is this workload's own."""
+def _in_child(name: str, *args: str) -> None:
+    """Run the `name` workload in a fresh process so its peak RSS is its own; print its output."""
+    threads = ["--threads", str(torch.get_num_threads())]
     out = subprocess.run(
-        [sys.executable, __file__, "long-child", "--threads", str(torch.get_num_threads())],
-        capture_output=True,
-        text=True,
-        check=False,
+        [sys.executable, __file__, name, *threads, *args], capture_output=True, text=True
     )
     print(out.stdout, end="")
     if out.returncode:
         print(out.stderr)
+
+
+def bench_long() -> None:
+    _in_child("long-child")
 
 
 def bench_long_child() -> None:
@@ -183,16 +185,7 @@ def _status_gib(key: str) -> float:
 
 
 def bench_ig_memory() -> None:
-    out = subprocess.run(
-        [sys.executable, __file__, "ig-memory-child", "--threads", str(torch.get_num_threads())]
-        + (["--passes", str(PASSES)] if PASSES else []),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    print(out.stdout, end="")
-    if out.returncode:
-        print(out.stderr)
+    _in_child("ig-memory-child", *(["--passes", str(PASSES)] if PASSES else []))
 
 
 def bench_ig_memory_child() -> None:
