@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +30,17 @@ def free_port() -> int:
 def running_server(settings: ServeSettings, *, wait_ready: bool = True) -> Iterator[str]:
     """Serve `settings` on a background thread; yields the base URL."""
     with running_app(create_app(settings), wait_ready=wait_ready) as base:
+        yield base
+
+
+@contextmanager
+def tiny_server(checkpoint: Path, **options: Any) -> Iterator[str]:
+    """Serve the tiny test model (as "tiny") with these `ServeSettings` options; yields the
+    base URL."""
+    from lmscope.serve.routing import ModelSpec
+
+    settings = ServeSettings(models=[ModelSpec("tiny", str(checkpoint))], **options)
+    with running_server(settings) as base:
         yield base
 
 

@@ -233,15 +233,12 @@ def test_endpoint_backend_agrees_with_the_local_model(
 ) -> None:
     """The same tasks through a real lmscope server (echo + logprobs on token-id prompts)."""
     from lmscope.evaluate.backends import EndpointBackend, endpoint_tokenizer
-    from lmscope.serve.routing import ModelSpec
-    from lmscope.serve.state import ServeSettings
     from lmscope.zoo.registry import load
-    from serve_support import running_server
+    from serve_support import tiny_server
 
     specs = load_tasks(task_file)
     local = run_tasks(load(tiny_checkpoint), specs)
-    settings = ServeSettings(models=[ModelSpec("tiny", str(tiny_checkpoint))], max_seq_len=256)
-    with running_server(settings) as base:
+    with tiny_server(tiny_checkpoint, max_seq_len=256) as base:
         backend = EndpointBackend(base, "tiny", endpoint_tokenizer(str(tiny_checkpoint)), 256, None)
         remote = run_tasks(backend, specs)
     for ours, theirs in zip(local["tasks"], remote["tasks"], strict=True):

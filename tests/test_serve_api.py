@@ -14,7 +14,7 @@ import torch
 from lmscope.serve.routing import ModelSpec
 from lmscope.serve.state import ServeSettings
 from lmscope.zoo.registry import load
-from serve_support import running_server
+from serve_support import running_server, tiny_server
 
 
 @pytest.fixture(scope="module")
@@ -267,10 +267,7 @@ def test_malformed_bodies(server: str) -> None:
 
 
 def test_api_key_and_full_queue(tiny_checkpoint: Path) -> None:
-    settings = ServeSettings(
-        models=[ModelSpec("tiny", str(tiny_checkpoint))], api_key="sekret", max_queue=0
-    )
-    with running_server(settings) as base:
+    with tiny_server(tiny_checkpoint, api_key="sekret", max_queue=0) as base:
         payload = {"prompt": "hi", "max_tokens": 1}
         r = post(base, "/v1/completions", payload)
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"

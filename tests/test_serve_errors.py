@@ -10,17 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lmscope.serve.routing import ModelSpec
-from lmscope.serve.state import ServeSettings
-from serve_support import running_server
+from serve_support import tiny_server
 
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path) -> Iterator[str]:
-    settings = ServeSettings(
-        models=[ModelSpec("tiny", str(tiny_checkpoint))], max_batch=2, max_seq_len=96
-    )
-    with running_server(settings) as base:
+    with tiny_server(tiny_checkpoint, max_batch=2, max_seq_len=96) as base:
         yield base
 
 

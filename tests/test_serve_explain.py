@@ -14,18 +14,15 @@ import torch
 
 from lmscope.explain import explain
 from lmscope.serve.explain_cache import TraceCache, explain_traced, trace_prompt
-from lmscope.serve.routing import ModelSpec
-from lmscope.serve.state import ServeSettings
 from lmscope.zoo.registry import load
-from serve_support import hold_explanations, running_server
+from serve_support import hold_explanations, tiny_server
 
 PROMPT = "The quick brown fox jumps over"
 
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path) -> Iterator[str]:
-    settings = ServeSettings(models=[ModelSpec("tiny", str(tiny_checkpoint))], max_seq_len=128)
-    with running_server(settings) as base:
+    with tiny_server(tiny_checkpoint, max_seq_len=128) as base:
         yield base
 
 

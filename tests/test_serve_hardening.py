@@ -24,7 +24,7 @@ from lmscope.serve.errors import APIError
 from lmscope.serve.routing import ModelSpec
 from lmscope.serve.serving import Job, run_jobs
 from lmscope.serve.state import ServeSettings
-from serve_support import running_app, running_server
+from serve_support import running_app, running_server, tiny_server
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -75,8 +75,7 @@ def test_engine_failure_is_a_500_error_object(
 
 @pytest.fixture(scope="module")
 def no_queue(tiny_checkpoint: Path) -> Iterator[str]:
-    settings = ServeSettings(models=[ModelSpec("tiny", str(tiny_checkpoint))], max_queue=0)
-    with running_server(settings) as base:
+    with tiny_server(tiny_checkpoint, max_queue=0) as base:
         yield base
 
 
@@ -100,10 +99,7 @@ def test_queue_is_checked_before_the_prompt_is_tokenized(no_queue: str) -> None:
 
 
 def test_a_refused_prompt_leaves_no_sibling_generating(tiny_checkpoint: Path) -> None:
-    settings = ServeSettings(
-        models=[ModelSpec("tiny", str(tiny_checkpoint))], max_queue=1, max_batch=1
-    )
-    with running_server(settings) as base:
+    with tiny_server(tiny_checkpoint, max_queue=1, max_batch=1) as base:
         body = {"prompt": ["one", "two"], "max_tokens": 20, "ignore_eos": True}
         r = httpx.post(base + COMPLETIONS, json=body, timeout=60)
         assert r.status_code == 429
@@ -154,8 +150,7 @@ def test_run_jobs_cancels_queued_siblings_when_one_is_refused() -> None:
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path) -> Iterator[str]:
-    settings = ServeSettings(models=[ModelSpec("tiny", str(tiny_checkpoint))], max_batch=4)
-    with running_server(settings) as base:
+    with tiny_server(tiny_checkpoint, max_batch=4) as base:
         yield base
 
 

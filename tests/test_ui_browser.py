@@ -20,17 +20,14 @@ from browser_support import (
     launch,
     playwright_or_skip,
 )
-from lmscope.serve.routing import ModelSpec
-from lmscope.serve.state import ServeSettings
-from serve_support import running_server
+from serve_support import tiny_server
 
 playwright_api = playwright_or_skip()
 
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path) -> Iterator[str]:
-    settings = ServeSettings(models=[ModelSpec("tiny", str(tiny_checkpoint))], max_seq_len=128)
-    with running_server(settings) as base:
+    with tiny_server(tiny_checkpoint, max_seq_len=128) as base:
         yield base
 
 
