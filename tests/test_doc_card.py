@@ -168,7 +168,17 @@ def test_cli_card_facts_and_errors(trained: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
 
 
-def test_server_helper_answers_by_accept(tmp_path: Path) -> None:
+def test_server_helper_answers_by_accept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lmscope.document.facts as facts_module
+
+    calls = []
+    original = facts_module.loaded_facts
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(facts_module, "loaded_facts", counted)
     loaded = load(tiny_checkpoint(tmp_path, "tiny-llama"))
     text, media = card_response(loaded, None)
     assert media.startswith("text/markdown") and text.startswith("---\n")
@@ -178,6 +188,7 @@ def test_server_helper_answers_by_accept(tmp_path: Path) -> None:
     assert media == "application/json" and json.loads(facts)["schema"] == "lmscope.facts"
     ld, media = card_response(loaded, "application/ld+json")
     assert media == "application/ld+json" and json.loads(ld)["@type"] == "CreativeWork"
+    assert len(calls) == 1  # facts computed once per served model
 
 
 def test_trainer_hook_writes_a_card_beside_the_model(trained: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,20 @@ def write_card(
     return write_card_dir(build_card(facts, writer), Path(out) if out else directory / "card")
 
 
+# Cards of served models, built once per model object (weights do not change while served).
+_SERVED: weakref.WeakKeyDictionary[Any, Card] = weakref.WeakKeyDictionary()
+
+
 def card_response(loaded: Any, accept: str | None) -> tuple[str, str]:
     """(content, media_type) of a served model's card for an Accept header: markdown by
     default, HTML for text/html, the facts JSON for application/json, JSON-LD for
-    application/ld+json. Template-only and without the probe, so it answers fast."""
+    application/ld+json. Template-only and without the probe, so it answers fast; built once
+    per model and kept while the model lives."""
     from lmscope.document.facts import loaded_facts
 
-    card = build_card(loaded_facts(loaded, probe=False))
+    card = _SERVED.get(loaded.model)
+    if card is None:
+        card = _SERVED[loaded.model] = build_card(loaded_facts(loaded, probe=False))
     wanted = (accept or "").lower()
     if "application/ld+json" in wanted:
         return dumps(card.jsonld), "application/ld+json"
