@@ -3,6 +3,7 @@ scikit-learn's classification metrics, sacrebleu's CLI, and exact tests for the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -204,3 +205,17 @@ def test_answer_matching() -> None:
     assert exact_match("a fox jumps", "fox") == 0.0
     assert contains("I think a fox jumps", "the fox") == 1.0
     assert contains("a dog", "fox") == 0.0
+
+
+def test_paired_bootstrap_p_is_not_below_the_exact_sign_flip_p_on_few_items() -> None:
+    """3 documents that all favour B: the bootstrap alone says p = 0.002 (every resample favours
+    B), but a random relabelling of A/B within each pair is as extreme 2 times in 8."""
+    a = np.array([5.3, 5.1, 5.4])
+    b = a - np.array([0.004, 0.010, 0.006])
+    result = paired_bootstrap("m", lambda i: float(a[i].mean()), lambda i: float(b[i].mean()), 3)
+    diffs = b - a
+    flips = [np.mean(np.array(signs) * diffs) for signs in itertools.product((1, -1), repeat=3)]
+    exact = np.mean([abs(f) >= abs(diffs.mean()) - 1e-12 for f in flips])
+    assert exact == 0.25
+    assert result.p_value >= exact
+    assert not result.significant
