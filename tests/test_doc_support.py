@@ -179,8 +179,8 @@ def fact_numbers(facts: Any) -> list[float]:
 
 def unsupported_numbers(sentence: str, facts: Any) -> list[str]:
     """Numbers in `sentence` that no fact number explains, allowing for the rounding shown and
-    for k/M/B, % and minute/hour scalings."""
-    values = fact_numbers(facts)
+    for k/M/B, % and minute/hour scalings (signs are not compared: '-' also joins ranges)."""
+    values = [abs(v) for v in fact_numbers(facts)]
     bad = []
     for literal in _NUM.findall(sentence):
         text = literal.replace(",", "")

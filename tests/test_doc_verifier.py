@@ -172,6 +172,26 @@ def test_no_unsupported_number_survives_across_models(
     assert kept > 20 and rejected > 20  # both kinds happened: the test can fail either way
 
 
+class EchoWriter:
+    name = "echo"
+
+    def rewrite(self, section: str, facts: dict[str, Any], sentences: list[str]) -> list[str]:
+        return list(sentences)
+
+
+def test_every_template_sentence_is_supported_by_its_sections_facts(
+    many_models: list[dict[str, Any]],
+) -> None:
+    """Templates state only facts: echoed back, the verifier keeps all of them, and the
+    independent extractor finds every number of every card sentence in the facts."""
+    for facts in many_models:
+        card = build_card(facts, EchoWriter())
+        for section in card.sections:
+            for s in section["sentences"]:
+                assert s["origin"] == "llm", (facts["model"]["name"], s.get("rejected"))
+                assert unsupported_numbers(s["text"], facts) == [], s["text"]
+
+
 def test_the_independent_extractor_catches_what_it_should() -> None:
     facts = {"n": 22688, "ctx": 64}
     assert unsupported_numbers("It has 22,688 parameters (22.7K) and 64 positions.", facts) == []

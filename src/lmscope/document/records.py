@@ -49,6 +49,14 @@ def _thin(points: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str,
     return [{k: p[k] for k in ("step", *keys) if p.get(k) is not None} for p in rows]
 
 
+def _gap(train: Any, val: Any) -> float | None:
+    """Validation minus training loss at the end (the over/underfitting signal), rounded as the
+    card states it."""
+    if isinstance(train, (int, float)) and isinstance(val, (int, float)):
+        return round(float(val) - float(train), 4)
+    return None
+
+
 def training_facts(record: dict[str, Any]) -> dict[str, Any]:
     """Hyperparameters, outcome, curves and fine-tuning strategy from a training record."""
     config = record.get("config") or {}
@@ -101,6 +109,7 @@ def training_facts(record: dict[str, Any]) -> dict[str, Any]:
             "clip_share": round(clips / steps, 4) if clips is not None and steps else None,
             "train_loss": final.get("train_loss"),
             "val_loss": final.get("val_loss"),
+            "val_minus_train_loss": _gap(final.get("train_loss"), final.get("val_loss")),
             "val_perplexity": final.get("val_perplexity"),
             "test_loss": final.get("test_loss"),
             "test_perplexity": final.get("test_perplexity"),

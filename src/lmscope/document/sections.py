@@ -211,8 +211,8 @@ def _error_analysis(f: dict[str, Any]) -> list[str]:
     if tr:
         oc = tr["outcome"]
         train_loss, val_loss = oc.get("train_loss"), oc.get("val_loss")
-        if train_loss is not None and val_loss is not None:
-            gap = val_loss - train_loss
+        gap = oc.get("val_minus_train_loss")
+        if train_loss is not None and val_loss is not None and gap is not None:
             if gap > OVERFIT_GAP:
                 verdict = (
                     "the gap suggests overfitting; more data, dropout or earlier stopping help"
