@@ -464,6 +464,16 @@ def test_score_batch_scores_every_text_as_a_full_forward_would(model, tok) -> No
         assert got == pytest.approx(expected, abs=1e-5)
 
 
+def test_a_batch_size_below_one_is_refused_by_generating_and_scoring_alike(model, tok) -> None:  # type: ignore[no-untyped-def]
+    """One scheduler set-up for both: scoring used to run max_batch_size=0 as 1 silently."""
+    for run in (
+        lambda: generate_batch(model, tok, PROMPTS[:1], max_new_tokens=1, max_batch_size=0),
+        lambda: score_batch(model, tok, PROMPTS[:1], max_batch_size=0),
+    ):
+        with pytest.raises(GenerationError, match="max_batch_size must be at least 1, got 0"):
+            run()
+
+
 def test_openai_penalties_and_bias_in_generation_match_a_reference_loop(model, tok) -> None:  # type: ignore[no-untyped-def]
     """Greedy decoding with presence/frequency penalties and a logit bias, against a full forward
     per token with the formula applied by hand."""

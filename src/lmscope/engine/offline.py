@@ -48,25 +48,59 @@ def _params_list(count: int, params: Params, overrides: dict[str, Any]) -> list[
 def _scheduler(
     model: Transformer,
     tokenizer: Tokenizer,
+    work: SequenceABC[Sequence | Request],
+    max_seq_len: int,
+    max_batch_size: int | None,
+    eos_token_ids: Iterable[int] | None,
+) -> Scheduler:
+    """A scheduler with all of `work` added: at most max_batch_size (default 32) run together,
+    no slot is longer than `max_seq_len`."""
+    limit = DEFAULT_MAX_BATCH if max_batch_size is None else max_batch_size
+    if limit < 1:
+        raise GenerationError(f"max_batch_size must be at least 1, got {max_batch_size}")
+    scheduler = Scheduler(
+        model,
+        tokenizer,
+        max_batch=max(1, min(limit, len(work))),
+        max_seq_len=max_seq_len,
+        eos_token_ids=eos_token_ids,
+    )
+    for item in work:
+        scheduler.add(item)
+    return scheduler
+
+
+def _decoding(
+    model: Transformer,
+    tokenizer: Tokenizer,
     sequences: list[Sequence],
     max_batch_size: int | None,
     eos_token_ids: Iterable[int] | None,
 ) -> Scheduler:
-    """A scheduler sized to these sequences: no slot longer than the longest needs."""
-    limit = DEFAULT_MAX_BATCH if max_batch_size is None else max_batch_size
-    if limit < 1:
-        raise GenerationError(f"max_batch_size must be at least 1, got {max_batch_size}")
+    """A scheduler for generating these sequences: no slot longer than the longest needs."""
     longest = max(len(s.prompt_ids) + max(s.params.max_new_tokens, 1) for s in sequences)
-    scheduler = Scheduler(
-        model,
+    max_seq_len = min(model.cfg.n_ctx, longest)
+    return _scheduler(model, tokenizer, sequences, max_seq_len, max_batch_size, eos_token_ids)
+
+
+def _sequence(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    prompt: Prompt,
+    params: SamplingParams,
+    truncate: Truncate,
+    request_id: int | None = None,
+) -> Sequence:
+    """A prompt's ids (checked, and truncated as asked, to leave room for the new tokens)."""
+    ids = prepare_prompt(
         tokenizer,
-        max_batch=max(1, min(limit, len(sequences))),
-        max_seq_len=min(model.cfg.n_ctx, longest),
-        eos_token_ids=eos_token_ids,
+        prompt,
+        n_ctx=model.cfg.n_ctx,
+        max_new_tokens=params.max_new_tokens,
+        truncate=truncate,
+        vocab_size=model.cfg.vocab_size,
     )
-    for sequence in sequences:
-        scheduler.add(sequence)
-    return scheduler
+    return Sequence(ids, params, request_id=request_id)
 
 
 def _run(scheduler: Scheduler) -> None:
@@ -95,23 +129,11 @@ def generate_batch(
     plist = _params_list(len(prompts), params, overrides)
     if not prompts:
         return []
-    n_ctx, vocab = model.cfg.n_ctx, model.cfg.vocab_size
     sequences = [
-        Sequence(
-            prepare_prompt(
-                tokenizer,
-                p,
-                n_ctx=n_ctx,
-                max_new_tokens=sp.max_new_tokens,
-                truncate=truncate,
-                vocab_size=vocab,
-            ),
-            sp,
-            request_id=i,
-        )
+        _sequence(model, tokenizer, p, sp, truncate, request_id=i)
         for i, (p, sp) in enumerate(zip(prompts, plist, strict=True))
     ]
-    _run(_scheduler(model, tokenizer, sequences, max_batch_size, eos_token_ids))
+    _run(_decoding(model, tokenizer, sequences, max_batch_size, eos_token_ids))
     return [s.result() for s in sequences]
 
 
@@ -168,16 +190,8 @@ def stream(
 ) -> GenerationStream:
     """Like `generate`, but an iterator of text deltas (prompt errors are raised right away)."""
     sp = _params_list(1, params, overrides)[0]
-    ids = prepare_prompt(
-        tokenizer,
-        prompt,
-        n_ctx=model.cfg.n_ctx,
-        max_new_tokens=sp.max_new_tokens,
-        truncate=truncate,
-        vocab_size=model.cfg.vocab_size,
-    )
-    sequence = Sequence(ids, sp)
-    return GenerationStream(_scheduler(model, tokenizer, [sequence], 1, eos_token_ids), sequence)
+    sequence = _sequence(model, tokenizer, prompt, sp, truncate)
+    return GenerationStream(_decoding(model, tokenizer, [sequence], 1, eos_token_ids), sequence)
 
 
 def score_batch(
@@ -202,16 +216,8 @@ def score_batch(
         requests.append(Request(Sequence(ids, params), prompt_logprobs=True))
     if not requests:
         return []
-    limit = DEFAULT_MAX_BATCH if max_batch_size is None else max_batch_size
-    scheduler = Scheduler(
-        model,
-        tokenizer,
-        max_batch=max(1, min(limit, len(requests))),
-        max_seq_len=max(len(r.prompt) for r in requests),
-        eos_token_ids=(),
-    )
-    for request in requests:
-        scheduler.add(request)
+    longest = max(len(r.prompt) for r in requests)
+    scheduler = _scheduler(model, tokenizer, requests, longest, max_batch_size, ())
     scores: dict[int, list[TokenLogprob | None]] = {}
     while scheduler.has_work():
         for request, event in scheduler.step():
