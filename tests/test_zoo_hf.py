@@ -342,26 +342,21 @@ def test_unsupported_opt_variants() -> None:
 
 
 def test_mistral_short_sliding_window_warns() -> None:
-    short = transformers.MistralConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        sliding_window=32,
-    )
+    def mistral(window: int) -> Any:
+        return transformers.MistralConfig(
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            sliding_window=window,
+        )
+
     with pytest.warns(UserWarning, match="sliding_window=32"):
-        cfg = config_from_hf(short)
+        cfg = config_from_hf(mistral(32))
     assert cfg.extra["sliding_window"] == 32
-    wide = transformers.MistralConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        sliding_window=256,
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        config_from_hf(wide)
+        config_from_hf(mistral(256))  # the window covers every position: nothing to warn about
 
 
 def test_unsupported_rope_type() -> None:
