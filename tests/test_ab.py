@@ -214,3 +214,25 @@ def test_bad_store_urls() -> None:
     with pytest.raises(FeedbackStoreError) as err:
         open_store("postgresql://u:secret@127.0.0.1:1/db")
     assert "secret" not in str(err.value)
+
+
+def test_ab_report_reads_serves_default_store_and_creates_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ab report` with no --db reads where `serve --route` wrote; a mistyped path is one error
+    line and leaves no empty database behind."""
+    from lmscope.cli import _register, app
+
+    monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path / "cache"))
+    _register()
+    missing = tmp_path / "typo.sqlite3"
+    result = CliRunner().invoke(app, ["ab", "report", "--db", str(missing)])
+    assert result.exit_code == 2 and "no feedback store at" in result.output
+    assert not missing.exists()
+    store = open_store(str(tmp_path / "cache" / "experiments.sqlite3"))
+    _fill(store, 20, {"v1": 0.5, "v2": 0.5})
+    store.close()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["ab", "report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "ab.json").read_text())["versions"]["v2"]["requests"] == 20

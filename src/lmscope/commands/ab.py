@@ -46,7 +46,12 @@ def _page(report: dict[str, Any]) -> str:
 
 @user_errors
 def report(
-    db: str = typer.Option(..., "--db", help="The store: sqlite:///PATH or postgresql://..."),
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        help="The store `serve` wrote: sqlite:///PATH or postgresql://... (default: serve's, "
+        "experiments.sqlite3 in the lmscope cache).",
+    ),
     alias: str | None = typer.Option(None, help="The experiment (route alias); default: first."),
     tau: float = typer.Option(0.1, help="Prior effect scale of the sequential test."),
     out: Path = typer.Option(Path("ab-out"), "--out", help="Directory for ab.json and ab.html."),
@@ -55,9 +60,10 @@ def report(
     CI and an always-valid p-value; the sample-ratio-mismatch check."""
     from lmscope.evaluate.abtest import ab_report
     from lmscope.files import atomic_write_text
-    from lmscope.serve.feedback import open_store
+    from lmscope.serve.feedback import default_store_url, open_store
 
-    store = open_store(db)
+    db = db or default_store_url()
+    store = open_store(db, must_exist=True)
     try:
         result = ab_report(
             store.rows("responses"), store.rows("feedback"), store.rows("experiments"), alias, tau

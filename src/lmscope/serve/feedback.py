@@ -227,14 +227,27 @@ def _redact(url: str) -> str:
     return url
 
 
-def open_store(url: str) -> FeedbackStore:
-    """`sqlite:///path/to/file.db` (or a plain path) or `postgresql://user:pw@host:port/db`."""
+def default_store_url() -> str:
+    """Where `lmscope serve --route` records its experiments unless --feedback-db says where."""
+    from lmscope.zoo.default import cache_root
+
+    return str(cache_root() / "experiments.sqlite3")
+
+
+def open_store(url: str, *, must_exist: bool = False) -> FeedbackStore:
+    """`sqlite:///path/to/file.db` (or a plain path) or `postgresql://user:pw@host:port/db`.
+    `must_exist`: a reader's SQLite file must be there already (a mistyped path is an error, not
+    a new empty store left behind)."""
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url)
-    if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url[len("sqlite:///") :]))
-    if "://" in url:
+    if "://" in url and not url.startswith("sqlite:///"):
         raise FeedbackStoreError(
             f"unsupported feedback store URL {_redact(url)!r}: use sqlite:///PATH or postgresql://..."
         )
-    return SQLiteStore(Path(url))
+    path = Path(url.removeprefix("sqlite:///"))
+    if must_exist and not path.is_file():
+        raise FeedbackStoreError(
+            f"no feedback store at {path}: give the --feedback-db that `lmscope serve` used "
+            f"(sqlite:///relative/path, sqlite:////absolute/path or a plain path)"
+        )
+    return SQLiteStore(path)

@@ -141,9 +141,9 @@ class ServerState:
             return None
         url = settings.feedback_db
         if url is None:
-            from lmscope.zoo.default import cache_root
+            from lmscope.serve.feedback import default_store_url
 
-            url = str(cache_root() / "experiments.sqlite3")
+            url = default_store_url()
         return Experiments.open(url, routes, shadows)
 
     def shutdown(self) -> None:
