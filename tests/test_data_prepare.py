@@ -304,3 +304,19 @@ def test_cli_data_prepare_and_info(corpus: Path, tmp_path: Path) -> None:
     empty.write_text("")
     result = runner.invoke(app, ["data", "prepare", str(empty), "--out", str(tmp_path / "e")])
     assert result.exit_code == 2 and "no text left" in result.output
+
+
+@pytest.mark.parametrize("option", ["--vocab-size", "--min-frequency"])
+def test_cli_refuses_bpe_options_with_a_given_tokenizer(
+    option: str, corpus: Path, tmp_path: Path
+) -> None:
+    """`--tokenizer char --vocab-size 100` used to ignore the vocabulary size without a word."""
+    from lmscope.cli import _register, app
+
+    _register()
+    out = tmp_path / "char"
+    args = ["data", "prepare", str(corpus), "--out", str(out), "--tokenizer", "char", "--quiet"]
+    result = CliRunner().invoke(app, [*args, option, "100"])
+    assert result.exit_code == 2
+    assert f"error: {option} applies only to a newly trained BPE" in result.output
+    assert not out.exists()

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lmscope.commands.common import user_errors
+from lmscope.commands.common import UsageError, user_errors
 
 console = Console()
 data_app = typer.Typer(
@@ -39,12 +39,14 @@ def prepare(
         help="'char' for one token per character; or reuse a tokenizer: tokenizer.json, a "
         "directory, a .gguf file or a model name (e.g. smollm2-135m). Default: train a BPE.",
     ),
-    vocab_size: int = typer.Option(
-        8192,
-        help="Vocabulary size of a newly trained BPE (a 'char' vocabulary has as many "
-        "tokens as the corpus has distinct characters).",
+    vocab_size: int | None = typer.Option(
+        None,
+        help="Vocabulary size of a newly trained BPE (default 8192; a 'char' vocabulary has as "
+        "many tokens as the corpus has distinct characters).",
     ),
-    min_frequency: int = typer.Option(2, help="BPE: minimum pair frequency for a merge."),
+    min_frequency: int | None = typer.Option(
+        None, help="BPE: minimum pair frequency for a merge (default 2)."
+    ),
     bos: str = typer.Option("<|bos|>", help="Start token of a new vocabulary."),
     eos: str = typer.Option("<|eos|>", help="End token of a new vocabulary (ends each document)."),
     pad: str = typer.Option("<|pad|>", help="Padding token of a new vocabulary."),
@@ -65,6 +67,14 @@ def prepare(
     from lmscope.data.prepare import prepare as run_prepare
     from lmscope.data.tokenizer import SpecialTokens
 
+    bpe_options = {"vocab_size": vocab_size, "min_frequency": min_frequency}
+    given = {key: value for key, value in bpe_options.items() if value is not None}
+    if tokenizer is not None and given:
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise UsageError(
+            f"{flag} applies only to a newly trained BPE, and --tokenizer {tokenizer} brings its "
+            f"own vocabulary; leave {flag} out"
+        )
     config = PrepareConfig(
         inputs=[str(p) for p in inputs],
         out=str(out),
@@ -80,8 +90,7 @@ def prepare(
             max_chars=max_chars,
         ),
         tokenizer=tokenizer,
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
+        **given,  # type: ignore[arg-type]
         special_tokens=SpecialTokens(bos=bos, eos=eos, pad=pad, extra=list(extra_special_tokens)),
         template=template,
         score_key=score_key,
