@@ -73,19 +73,19 @@ def line_plot(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel:
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
     y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-    W, H, L, B = 480, 220, 50, 30
+    W, H, L, B, T = 480, 230, 64, 30, 22
     colours = ["#1f5fbf", "#d9661f", "#2f9e44", "#9c36b5"]
 
     def sx(v: float) -> float:
         return L + (v - x0) / (x1 - x0) * (W - L - 10)
 
     def sy(v: float) -> float:
-        return H - B - (v - y0) / (y1 - y0) * (H - B - 10)
+        return H - B - (v - y0) / (y1 - y0) * (H - B - T)
 
     parts = [f'<line x1="{L}" y1="{H - B}" x2="{W - 10}" y2="{H - B}" stroke="#333"/>',
-             f'<line x1="{L}" y1="10" x2="{L}" y2="{H - B}" stroke="#333"/>',
-             _text((L + W) / 2, H - 4, xlabel, 11), _text(4, 14, ylabel, 11, "start"),
-             _text(L - 4, H - B, f"{y0:.3g}", 10, "end"), _text(L - 4, 18, f"{y1:.3g}", 10, "end"),
+             f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="#333"/>',
+             _text((L + W) / 2, H - 4, xlabel, 11), _text(L, 12, ylabel, 11, "start"),
+             _text(L - 4, H - B, f"{y0:.3g}", 10, "end"), _text(L - 4, T + 4, f"{y1:.3g}", 10, "end"),
              _text(L, H - B + 14, f"{x0:g}", 10), _text(W - 10, H - B + 14, f"{x1:g}", 10)]  # fmt: skip
     for i, (name, pts) in enumerate(series.items()):
         colour = colours[i % len(colours)]
