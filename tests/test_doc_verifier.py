@@ -100,9 +100,9 @@ class HostileWriter:
     def __init__(self) -> None:
         self.calls = 0
 
-    def rewrite(self, section: str, facts: dict[str, Any], sentences: list[str]) -> list[str]:
+    def rewrite(self, jobs: list[tuple[str, dict[str, Any], str]]) -> list[str]:
         out = []
-        for sentence in sentences:
+        for _section, _facts, sentence in jobs:
             self.calls += 1
             kind = self.calls % 6
             if kind == 0:
@@ -175,8 +175,8 @@ def test_no_unsupported_number_survives_across_models(
 class EchoWriter:
     name = "echo"
 
-    def rewrite(self, section: str, facts: dict[str, Any], sentences: list[str]) -> list[str]:
-        return list(sentences)
+    def rewrite(self, jobs: list[tuple[str, dict[str, Any], str]]) -> list[str]:
+        return [sentence for _, _, sentence in jobs]
 
 
 def test_every_template_sentence_is_supported_by_its_sections_facts(
@@ -201,8 +201,8 @@ def test_the_independent_extractor_catches_what_it_should() -> None:
 class GarbageWriter:
     name = "garbage"
 
-    def rewrite(self, section: str, facts: dict[str, Any], sentences: list[str]) -> list[str]:
-        return ["", "\x00\x01 ###", "word " * 500, "ok."][: len(sentences)]
+    def rewrite(self, jobs: list[tuple[str, dict[str, Any], str]]) -> list[str]:
+        return (["", "\x00\x01 ###", "word " * 500, "ok."] * len(jobs))[: len(jobs) - 1]
 
 
 def test_garbage_writer_leaves_templates(tmp_path: Path, many_models: list[dict[str, Any]]) -> None:

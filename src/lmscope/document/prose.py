@@ -9,7 +9,7 @@ from typing import Any
 from lmscope.document.sections import SECTION_FACTS
 from lmscope.document.templates import NOTES
 from lmscope.document.verifier import index_facts, keeps_claims, value_words, verify_sentence
-from lmscope.document.writer import Writer
+from lmscope.document.writer import Job, Writer
 
 MIN_WORDS = 4
 
@@ -33,18 +33,23 @@ def _plausible(text: str) -> bool:
 def write_prose(
     facts: dict[str, Any], sections: list[dict[str, Any]], writer: Writer
 ) -> dict[str, Any]:
-    """Rewrite `sections` in place; returns per-section counts of generated and kept sentences."""
+    """Rewrite `sections` in place (one writer call for the whole card, so a batched writer
+    decodes every sentence together); returns per-section generated and kept counts."""
     stats: dict[str, Any] = {"writer": writer.name, "sections": {}}
+    jobs: list[Job] = []
+    for section in sections:
+        subset = section_facts(facts, section["id"])
+        jobs += [(section["title"], subset, s["text"]) for s in section["sentences"]]
+    generated = iter(writer.rewrite(jobs) if jobs else [])
     for section in sections:
         subset = section_facts(facts, section["id"])
         templates = [s["text"] for s in section["sentences"]]
         vocabulary = " ".join([*templates, *NOTES.values(), section["title"]])
         index = index_facts(subset, vocabulary)
         values = value_words(subset)
-        generated = writer.rewrite(section["title"], subset, templates) if templates else []
         kept = 0
-        for sentence, text in zip(section["sentences"], generated, strict=False):
-            text = text.strip()
+        for sentence in section["sentences"]:
+            text = next(generated, "").strip()
             if not _plausible(text):
                 sentence["rejected"] = {"text": text, "why": ["not a sentence"]}
                 continue

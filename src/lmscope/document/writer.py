@@ -21,11 +21,15 @@ PROMPT = (
 FACTS_CHARS = 1500  # facts beyond this are cut from the prompt (a small model's context is short)
 
 
+# (section title, the section's facts, the template sentence to rewrite)
+Job = tuple[str, dict[str, Any], str]
+
+
 class Writer(Protocol):
     name: str
 
-    def rewrite(self, section: str, facts: dict[str, Any], sentences: list[str]) -> list[str]:
-        """One rewritten sentence per input sentence ('' where it has none)."""
+    def rewrite(self, jobs: list[Job]) -> list[str]:
+        """One rewritten sentence per job ('' where it has none), in order."""
         ...
 
 
@@ -62,12 +66,15 @@ class EmbeddedWriter:
         self._loaded = load(model_name)
         optimize_for_decoding(self._loaded.model)
 
-    def rewrite(self, section: str, facts: dict[str, Any], sentences: list[str]) -> list[str]:
+    def rewrite(self, jobs: list[Job]) -> list[str]:
         from lmscope.engine import generate_batch
 
-        if not sentences:
+        if not jobs:
             return []
-        prompts = [[{"role": "user", "content": prompt_for(section, facts, s)}] for s in sentences]
+        # small model, short context: the template sentence alone carries the facts it states
+        prompts = [
+            [{"role": "user", "content": prompt_for(title, None, s)}] for title, _, s in jobs
+        ]
         results = generate_batch(
             self._loaded.model,
             self._loaded.tokenizer,
@@ -121,8 +128,8 @@ class EndpointWriter:
         except (KeyError, IndexError, TypeError):
             return ""
 
-    def rewrite(self, section: str, facts: dict[str, Any], sentences: list[str]) -> list[str]:
-        return [self._ask(prompt_for(section, facts, s)) for s in sentences]
+    def rewrite(self, jobs: list[Job]) -> list[str]:
+        return [self._ask(prompt_for(section, facts, s)) for section, facts, s in jobs]
 
 
 def make_writer(url: str | None, model: str | None) -> Writer:
