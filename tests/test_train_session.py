@@ -253,3 +253,19 @@ def test_a_chatml_fine_tune_samples_in_its_format(tmp_path: Path) -> None:
     result = trainer.run()
     assert trainer.prompt_format.template == "chatml"  # from the data's manifest
     assert [s["prompt"] for s in result.record["metrics"]["samples"]] == [lines[0]]
+
+
+def test_threads_line_counts_one_thread_in_the_singular(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from lmscope.train.session import threads_line
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert threads_line() == "1 thread (OpenMP wait policy PASSIVE)"
+        torch.set_num_threads(2)
+        assert threads_line() == "2 threads (OpenMP wait policy PASSIVE)"
+    finally:
+        torch.set_num_threads(before)

@@ -80,7 +80,8 @@ def projected_total(
 
 def threads_line() -> str:
     policy = os.environ.get(OMP_POLICY_ENV, "default")
-    return f"{torch.get_num_threads()} threads (OpenMP wait policy {policy})"
+    count = torch.get_num_threads()
+    return f"{count} thread{'s' if count != 1 else ''} (OpenMP wait policy {policy})"
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
