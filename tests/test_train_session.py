@@ -123,7 +123,7 @@ def test_sigint_to_python_m_lmscope_train_saves_and_says_how_to_resume(
     # the banner: model, parameters, data, device, threads (the trainer's own OpenMP policy)
     assert "model: scratch (1 layers, d_model 32" in out and "parameters" in out
     assert f"data: {data_dir}" in out and "train tokens" in out
-    assert "device: cpu, fp32; 1 threads (OpenMP wait policy PASSIVE)" in out
+    assert "device: cpu, fp32; 1 thread (OpenMP wait policy PASSIVE)" in out
     step = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["step"]
     saved = tmp_path / "run" / "checkpoints" / f"step-{step:08d}"
     assert f"interrupted at step {step}; saved {saved}" in err
@@ -157,7 +157,7 @@ def test_test_loss_is_printed_and_recorded(
     assert test_loss is not None and result.record["final"]["test_perplexity"] > 1
     out = capsys.readouterr().out
     assert f"test loss {test_loss:.4f}" in out
-    assert "model: scratch" in out and "threads" in out
+    assert "model: scratch" in out and " thread" in out
 
 
 def test_projected_total_follows_the_time_budget() -> None:
