@@ -1,4 +1,5 @@
-"""Explanations over HTTP: routes, heads, neurons, logit lens and saliency of a prompt.
+"""Explanations over HTTP: routes, heads, neurons, logit lens and saliency of a prompt, and
+bias probes.
 
 Thin routes: the typed requests and responses are in `protocol.explain`, the logic in
 `serving_explain.ExplainServing`.
@@ -10,6 +11,8 @@ from fastapi import APIRouter, Request
 
 from lmscope.serve.openapi_doc import error_responses
 from lmscope.serve.protocol.explain import (
+    BiasRequest,
+    BiasResponse,
     ExplainRequest,
     ExplainResponse,
     HeadRequest,
@@ -23,6 +26,7 @@ from lmscope.serve.protocol.explain import (
     SaliencyRequest,
     SaliencyResponse,
 )
+from lmscope.serve.serving_bias import explain_bias
 from lmscope.serve.serving_explain import ExplainServing
 
 router = APIRouter(tags=["explain"])
@@ -65,3 +69,11 @@ async def explain_saliency(body: SaliencyRequest, request: Request) -> SaliencyR
     """Input attribution of one prediction by gradient x input, integrated gradients or
     attention rollout."""
     return await ExplainServing.of(request).saliency(request, body)
+
+
+@router.post("/v1/explain/bias", response_model=BiasResponse, responses=EXPLAIN_ERRORS)
+async def explain_bias_probes(body: BiasRequest, request: Request) -> BiasResponse:
+    """Bias probes: the probability gap of each target between groups (95% bootstrap CI) and
+    the heads and neurons carrying it; `probes` is "builtin" or probes as in a probe YAML file
+    (at most 200 filled prompts)."""
+    return await explain_bias(request, body)

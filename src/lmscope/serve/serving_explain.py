@@ -10,6 +10,8 @@ the field it is about, so every error names its `param` without reading its mess
 
 from __future__ import annotations
 
+import copy
+import itertools
 import re
 import time
 from collections.abc import Callable
@@ -33,12 +35,14 @@ from lmscope.explain import (
     promoted_by_block,
     promoted_by_head,
     promoted_by_neuron,
+    route_faithfulness,
     top_neurons,
 )
-from lmscope.explain.budget import DEFAULT_MEMORY_BUDGET
+from lmscope.explain.budget import DEFAULT_MEMORY_BUDGET, check_cancelled
 from lmscope.explain.errors import ExplainInputError, check_position
 from lmscope.explain.heads import check_head, check_layer
 from lmscope.explain.lens import parse_node
+from lmscope.model.transformer import Transformer
 from lmscope.serve.errors import APIError
 from lmscope.serve.explain_cache import TraceCache, TracedPrompt, explain_traced, trace_prompt
 from lmscope.serve.explain_runner import ExplainRunner, ShouldStop, Work
@@ -197,7 +201,21 @@ def token_id(prompt: Prompt, value: TokenRef | None, param: str) -> int | None:
     return ids[0]
 
 
-async def _tokenizing(served: ServedModel, work: Callable[[], T]) -> T:
+def isolated(model: Transformer) -> Transformer:
+    """A copy of the model's modules that shares its weights (no tensor is copied).
+
+    Interventions register hooks on the model's hook points; on the served model they would
+    also reach the completions and explanations other requests run at the same time, so the
+    route check ablates components on a copy of its own.
+    """
+    memo: dict[int, Any] = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    prepacked = getattr(model, "_prepacked", None)
+    if prepacked is not None:
+        memo[id(prepacked)] = prepacked
+    return copy.deepcopy(model, memo)
+
+
+async def tokenizing(served: ServedModel, work: Callable[[], T]) -> T:
     """`work` on a worker thread holding the model's tokenizer lock (see `serve.prompts`)."""
     return await run_in_threadpool(encode_locked, served.tokenizer_lock, work)
 
@@ -224,7 +242,7 @@ class ExplainServing:
     async def prepare(self, request: Request, body: PromptFields) -> Prompt:
         """Resolve the model and tokenize (off the event loop: prompts can be long)."""
         served = self.state.resolve(body.model)
-        prompt = await _tokenizing(served, lambda: encode_prompt(served, body))
+        prompt = await tokenizing(served, lambda: encode_prompt(served, body))
         request.state.log = {"model": served.id, "tokens_in": len(prompt.tokens), "tokens_out": 0}
         return prompt
 
@@ -261,7 +279,7 @@ class ExplainServing:
             start = time.perf_counter()
             entry, cached = self.traced(prompt, should_stop)
             traced = time.perf_counter() - start
-            out = explain_traced(
+            ex = explain_traced(
                 entry,
                 target=target,
                 tau=body.tau,
@@ -273,9 +291,19 @@ class ExplainServing:
                 decode=prompt.decode,
                 prompt=prompt.text,
                 should_stop=should_stop,
-            ).to_dict()
+            )
+            out = ex.to_dict()
             out["timings"] = {"trace": round(traced, 4), **out["timings"]}
             out["next_token"] = next_token(entry, target, prompt.decode)
+            if body.route_check:
+                check_cancelled(should_stop, "the route check")
+                start = time.perf_counter()
+                # The token explained: the top prediction, or the completion's own token.
+                watched = ex.prediction[0].token if saliency_token is None else saliency_token
+                model = isolated(entry.view.model)
+                check = route_faithfulness(model, entry.tokens, ex.routes, watched).to_dict()
+                out["route_check"] = {**check, "target_text": prompt.decode(check["target"])}
+                out["timings"]["route_check"] = round(time.perf_counter() - start, 4)
             return ExplainResponse(**{**out, **prompt.echo(entry, cached)})
 
         return await self.run(request, work)
@@ -402,7 +430,7 @@ class ExplainServing:
     async def saliency(self, request: Request, body: SaliencyRequest) -> SaliencyResponse:
         prompt = await self.prepare(request, body)
         target = checked("target", check_position, body.target, len(prompt.tokens), "target")
-        token, foil = await _tokenizing(
+        token, foil = await tokenizing(
             prompt.served,
             lambda: (token_id(prompt, body.token, "token"), token_id(prompt, body.foil, "foil")),
         )

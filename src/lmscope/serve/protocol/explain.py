@@ -16,7 +16,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 
 from lmscope.explain.errors import ThresholdError, check_tau
 from lmscope.serve.protocol.common import (
@@ -138,6 +146,11 @@ class ExplainRequest(PromptFields):
     renormalise: StrictBool = False
     k: TopK = 10
     saliency: StrictBool = True
+    route_check: StrictBool = Field(
+        default=False,
+        description="also ablate the route's heads and MLP blocks against as many random ones "
+        "off the route and report the target's log-probability drop (12 more forward passes)",
+    )
 
     @model_validator(mode="after")
     def _completion_target_needs_completion(self) -> ExplainRequest:
@@ -222,6 +235,21 @@ class NextToken(BaseModel):
     prob: float
 
 
+class RouteCheck(BaseModel):
+    """The causal check of a route graph (`lmscope.explain.causal.route_faithfulness`)."""
+
+    target: int = Field(description="the token id whose log-probability is watched")
+    target_text: str
+    clean_logprob: float
+    components: list[str] = Field(description="the heads (LxHy) and MLP blocks on the route")
+    route_drop: float = Field(description="log-prob drop when the route's components are ablated")
+    random_drops: list[float] = Field(description="the same for random off-route sets")
+    random_drop: float
+    score: float = Field(description="route_drop - random_drop: large for a faithful route")
+    mode: str
+    meta: JsonObject
+
+
 class ExplainResponse(PromptEcho):
     model_config = ConfigDict(extra="allow")
 
@@ -243,6 +271,7 @@ class ExplainResponse(PromptEcho):
     saliency: list[JsonObject]
     timings: dict[str, float]
     next_token: NextToken | None
+    route_check: RouteCheck | None = Field(default=None, description="with route_check=true")
 
 
 class RoutesResponse(PromptEcho):
@@ -296,3 +325,96 @@ class SaliencyResponse(PromptEcho):
     meta: JsonObject
     target_text: str | None
     foil_text: str | None
+
+
+# ---- bias probes (POST /v1/explain/bias) -----------------------------------------------------
+Name = Annotated[Text, Field(min_length=1, max_length=100)]
+Word = Annotated[NonEmptyText, Field(max_length=100)]
+WordList = Annotated[list[Word], Field(min_length=1, max_length=200)]
+
+
+class ProbeSpec(BaseModel):
+    """One probe, as in a probe YAML file (see `lmscope.explain.bias_probes`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = None
+    template: Annotated[NonEmptyText, Field(max_length=500)] = Field(
+        description="text with a {group} slot and optionally other {slot}s, e.g. "
+        "'The {group} worked as a'"
+    )
+    groups: Annotated[dict[Name, WordList], Field(min_length=2, max_length=20)] = Field(
+        description="group name -> words filling {group}; the first group is the reference"
+    )
+    slots: Annotated[dict[Name, WordList], Field(max_length=8)] = Field(
+        default_factory=dict, description="other slot name -> words (every combination)"
+    )
+    targets: Annotated[list[Word], Field(min_length=1, max_length=20)] = Field(
+        description="continuations whose probability is compared, with their leading space"
+    )
+
+
+def _probe_kind(value: Any) -> str:
+    return "probe-list" if isinstance(value, list) else "set-name"
+
+
+# A list is checked as probes only (its errors name the probe's field), anything else as a name.
+# The tags are not identifiers, so they stay out of an error's `param`.
+ProbeSet = Annotated[
+    Annotated[Literal["builtin"], Tag("set-name")]
+    | Annotated[list[ProbeSpec], Field(min_length=1, max_length=20), Tag("probe-list")],
+    Discriminator(_probe_kind),
+]
+
+
+class BiasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    _INT_FIELDS: ClassVar[frozenset[str]] = frozenset({"n_boot", "seed", "k"})
+
+    model: Text | None = None
+    probes: ProbeSet = Field(
+        default="builtin",
+        description="'builtin' (the built-in gender and age probes) or probes as in a probe YAML "
+        "file; at most 200 filled prompts in all",
+    )
+    n_boot: Annotated[StrictInt, Field(ge=1, le=10000)] = Field(
+        default=1000, description="bootstrap resamples of the gap's 95% CI"
+    )
+    seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = 0
+    components: StrictBool = Field(
+        default=True, description="rank the heads and neurons carrying each group's difference"
+    )
+    tau: Tau = Field(default=0.04, description="route threshold of the component importances")
+    k: Annotated[StrictInt, Field(ge=1, le=50)] = Field(
+        default=5, description="heads and neurons listed per group"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_numbers(cls, data: Any) -> Any:
+        return json_numbers(data, cls._INT_FIELDS)
+
+
+class ProbeOutcome(BaseModel):
+    """One probe's result (`lmscope.explain.bias.ProbeResult.to_dict()`)."""
+
+    name: str
+    template: str
+    reference: str = Field(description="the group every gap is measured against")
+    groups: dict[str, int] = Field(description="filled prompts per group")
+    targets: list[JsonObject] = Field(
+        description="per target: mean probability per group and, per other group, the gap with "
+        "its 95% bootstrap CI"
+    )
+    components: dict[str, dict[str, list[JsonObject]]] = Field(
+        description="per other group: heads and neurons ranked by |mean importance difference|"
+    )
+
+
+class BiasResponse(BaseModel):
+    model: str
+    weights: str
+    n_prompts: int
+    probes: list[ProbeOutcome]
+    meta: JsonObject
