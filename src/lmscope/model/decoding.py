@@ -105,7 +105,7 @@ def prepare_for_decoding(
     if not model.enable_prepacked():
         where = f"{str(model.dtype).removeprefix('torch.')} on {model.device.type}"
         return DecodingChoice("reference", f"the prepacked path is float32 CPU only ({where})")
-    if not measure:
+    if not measure or model.cfg.n_ctx < 16:  # (too short a context to time 8 + 3 positions)
         return DecodingChoice("prepacked", "prepacked without measuring")
     packed = model._prepacked
     times = measure_paths(model, {"reference": None, "prepacked": packed}, batches)
