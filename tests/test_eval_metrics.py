@@ -219,3 +219,12 @@ def test_paired_bootstrap_p_is_not_below_the_exact_sign_flip_p_on_few_items() ->
     assert exact == 0.25
     assert result.p_value >= exact
     assert not result.significant
+
+
+def test_metric_line_keeps_a_negative_interval_bound_readable() -> None:
+    """BLEU on 3 sentences: sacrebleu's interval starts below zero; `-0.8811-5.078` read as one
+    number range from -0.88 to -5.08 or worse."""
+    from lmscope.evaluate.report import metric_line
+
+    line = metric_line("bleu", {"value": 1.904, "ci95": [-0.8811, 5.078], "n": 3})
+    assert line == "bleu = 1.904 (95% CI -0.8811 to 5.078, n=3)"

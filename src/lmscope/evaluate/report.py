@@ -28,9 +28,10 @@ def fmt(value: float) -> str:
 
 
 def metric_line(name: str, m: dict[str, Any]) -> str:
-    """`name = value (95% CI low-high, n items)`: never a number without its denominator."""
+    """`name = value (95% CI low to high, n items)`: never a number without its denominator
+    ("to", not a dash: sacrebleu's normal-approximation BLEU interval can start below zero)."""
     low, high = m["ci95"]
-    return f"{name} = {fmt(m['value'])} (95% CI {fmt(low)}-{fmt(high)}, n={m['n']})"
+    return f"{name} = {fmt(m['value'])} (95% CI {fmt(low)} to {fmt(high)}, n={m['n']})"
 
 
 def bars(metrics: dict[str, dict[str, Any]]) -> str:
