@@ -45,9 +45,9 @@ def test_each_token_gets_its_own_activation_range() -> None:
     x = torch.randn(3, 64)
     x[1] *= 1e-3
     got = fast(x)
-    want = x @ fast.served_weight.T + linear.bias.detach()
+    want = x @ fast.served_weight().T + linear.bias.detach()
     step = (x.amax(1) - x.amin(1)) / 127  # 7 bits is the worst case (reduce_range)
-    bound = step[:, None] / 2 * fast.served_weight.abs().sum(1)[None] + 1e-6
+    bound = step[:, None] / 2 * fast.served_weight().abs().sum(1)[None] + 1e-6
     assert ((got - want).abs() <= bound).all()
     single = fast(x[1:2])  # one row: the kernel's own range is already per token
     assert ((single - want[1:2]).abs() <= bound[1:2]).all()
@@ -61,8 +61,8 @@ def test_weights_are_rounded_per_output_channel_to_half_a_step() -> None:
     fast = _Int8Linear(linear)
     weight = linear.weight.detach()
     half_step = weight.abs().amax(1, keepdim=True) / 127 / 2
-    assert ((fast.served_weight - weight).abs() <= half_step + 1e-7).all()
-    assert (fast.served_weight - weight)[0].abs().max() < weight[3].abs().max() / 127 / 10
+    assert ((fast.served_weight() - weight).abs() <= half_step + 1e-7).all()
+    assert (fast.served_weight() - weight)[0].abs().max() < weight[3].abs().max() / 127 / 10
 
 
 def test_outlier_channels_stay_float32() -> None:
@@ -73,7 +73,7 @@ def test_outlier_channels_stay_float32() -> None:
     torch.manual_seed(2)
     linear = nn.Linear(100, 8, bias=False)
     fast = _Int8Linear(linear, outliers=torch.tensor([7, 42]))
-    assert torch.equal(fast.served_weight[:, [7, 42]], linear.weight.detach()[:, [7, 42]])
+    assert torch.equal(fast.served_weight()[:, [7, 42]], linear.weight.detach()[:, [7, 42]])
     x = torch.randn(2, 100)
     x[:, 7] = 1e4  # a massive activation: without the split, every other channel rounds to 0
     want = x @ linear.weight.detach().T
@@ -206,3 +206,18 @@ def test_adopting_the_served_weights_keeps_int8_and_equals_the_dequantised_copy(
         assert torch.allclose(trace.logits, twin(tokens), atol=1e-5)
     with pytest.raises(QuantizationError, match="needs a model quantized"):
         adopt_served_weights(make_model())
+
+
+def test_a_zero_norm_weight_keeps_its_column_in_the_dequantised_copy() -> None:
+    reference = make_model(**FAMILIES["tiny-llama"])
+    with torch.no_grad():
+        reference.blocks[0].ln1.weight[3] = 0.0  # type: ignore[union-attr, index]
+    quantized = quantize_for_decoding(copy.deepcopy(reference))
+    twin = dequantized_copy(quantized)
+    qkv = twin.blocks[0].attn.qkv.weight  # type: ignore[union-attr]
+    assert torch.equal(qkv[:, 3], reference.blocks[0].attn.qkv.weight[:, 3])  # type: ignore[union-attr, index]
+    tokens = torch.randint(0, 101, (1, 11), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        want, got, copied = reference(tokens), quantized(tokens), twin(tokens)
+    assert torch.isfinite(copied).all()
+    assert (copied - got).abs().max() <= (want - got).abs().max() + 1e-4

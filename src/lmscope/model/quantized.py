@@ -97,11 +97,9 @@ def outlier_channels(input_absmax: torch.Tensor | None) -> torch.Tensor | None:
 class _Int8Linear:
     """One projection on the dynamic int8 kernel, activations quantized per token (rows are
     brought to one range first, since the kernel takes one scale per call), outlier channels in
-    float32. `served_weight` is the float32 weight it computes with (dequantised, the norm's
+    float32. `served_weight()` is the float32 weight it computes with (dequantised, the norm's
     scale divided back out); a folded norm bias goes through it, so the unfolded float32 model
     with this weight gives the same sums."""
-
-    served_weight: torch.Tensor
 
     def __init__(
         self,
@@ -113,31 +111,49 @@ class _Int8Linear:
         outliers: torch.Tensor | None = None,
     ) -> None:
         weight = linear.weight.detach().float()
-        folded = weight if scale is None else weight * scale.detach().float()
+        norm_scale = None if scale is None else scale.detach().float()
+        self.norm_scale = norm_scale
+        folded = weight if norm_scale is None else weight * norm_scale
         self.outliers = outliers
         self.outlier_weight = torch.empty(0)
         if outliers is not None:
-            kept = folded[:, outliers]
-            self.outlier_weight = kept.T.contiguous()  # [k, out]
+            self.outlier_weight = folded[:, outliers].T.contiguous()  # [k, out]
             folded = folded.index_fill(1, outliers, 0.0)
+        # Columns a zero norm weight silences: any weight serves; the copy keeps the original.
+        self.dead = None if norm_scale is None else torch.nonzero(norm_scale == 0).flatten()
+        self.dead_weight = weight[:, self.dead] if self.dead is not None else torch.empty(0)
         q, row_scale = _quantize_rows(folded)
-        served = q.float() * row_scale[:, None]
-        if outliers is not None:
-            served[:, outliers] = kept
-        if scale is not None:  # divide the norm's scale back out (a zero column keeps W's)
-            s = scale.detach().float()
-            served = torch.where(s != 0, served / torch.where(s != 0, s, 1), weight)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         if shift is not None:  # fold the norm's bias through the weights actually served
-            extra = served @ shift.detach().float()
+            extra = self._served(q.float() * row_scale[:, None]) @ shift.detach().float()
             bias = extra if bias is None else bias + extra
-        self.served_weight, self.bias = served, bias
+        self.bias = bias
         zeros = torch.zeros(q.shape[0], dtype=torch.long)
         with warnings.catch_warnings():  # quantized tensors are deprecated; the kernels are not
             warnings.simplefilter("ignore", UserWarning)
             qweight = torch._make_per_channel_quantized_tensor(q, row_scale.double(), zeros, 0)
             self.packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.act = None if activation == "none" else ACTIVATIONS[activation]
+
+    def _served(self, dequantized: torch.Tensor) -> torch.Tensor:
+        served = dequantized
+        if self.outliers is not None:
+            served[:, self.outliers] = self.outlier_weight.T
+        if self.norm_scale is not None:
+            s = self.norm_scale
+            served = served / torch.where(s != 0, s, 1)
+            if self.dead is not None and self.dead.numel():
+                served[:, self.dead] = self.dead_weight
+        return served
+
+    def served_weight(self) -> torch.Tensor:
+        """The float32 weight this projection computes with, unpacked on demand (no float
+        copy is kept beside the int8 one)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            qweight, _ = torch.ops.quantized.linear_unpack(self.packed)
+            scales = qweight.q_per_channel_scales().float()
+            return self._served(qweight.int_repr().float() * scales[:, None])
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         if self.outliers is None and x.numel() == x.shape[-1]:  # one token: the decoding step
@@ -337,7 +353,7 @@ def _load_all_served(path: QuantizedPath, target: Transformer) -> None:
 def _load_served(fast: _Int8Linear, linear: nn.Module) -> None:
     """Give `linear` the served weight (biases stay: the norms are not folded in the copy)."""
     assert isinstance(linear, nn.Linear)
-    linear.weight = nn.Parameter(fast.served_weight.clone())
+    linear.weight = nn.Parameter(fast.served_weight())
 
 
 def served_for_explaining(loaded: Any, mode: str) -> Any:
