@@ -320,3 +320,17 @@ def test_cli_refuses_bpe_options_with_a_given_tokenizer(
     assert result.exit_code == 2
     assert f"error: {option} applies only to a newly trained BPE" in result.output
     assert not out.exists()
+
+
+def test_the_docs_data_directory_is_ignored_by_git() -> None:
+    """The docs prepare data into data/shakespeare inside the checkout; its token files must not
+    show up as untracked files to be committed by accident."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("data/shakespeare/train.tokens.npy", "data/shakespeare/manifest.json"):
+        check = subprocess.run(["git", "check-ignore", "-q", path], cwd=root, check=False)
+        assert check.returncode == 0, f"{path} is not ignored by .gitignore"
