@@ -5,7 +5,8 @@ the served model or the server's settings and cannot be written in its JSON Sche
 `max_tokens` must fit the context window (it depends on the tokenizer), and token ids (in
 `prompt` or `logit_bias`) must be inside the vocabulary; for explanations, positions, layers and
 heads must exist in the prompt and the model, and a `token` given as text must be one token;
-and prompts x n must fit the server's queue (its --max-queue and --max-batch settings).
+and prompts x n must fit the server's queue (its --max-queue and --max-batch settings); a bias
+probe's template slots must have word lists, and its filled prompts are bounded per request.
 This check is that built-in check with exactly those exceptions: a schema-valid request may get
 a 400 only with a code in LIMITS_THE_SCHEMA_CANNOT_EXPRESS, or one about a structured-output field
 (`response_format`, `tools`, ...): their contents are JSON schemas that the grammar compiler
@@ -26,6 +27,8 @@ LIMITS_THE_SCHEMA_CANNOT_EXPRESS = {
     "out_of_range",  # explain: a position, layer or head this prompt or model does not have
     "not_one_token",  # explain: a `token`/`foil` text the tokenizer splits into several tokens
     "too_many_completions",  # prompts x n over what this server's queue and batch can hold
+    "invalid_probe",  # explain/bias: template slots without word lists, a malformed template
+    "too_many_prompts",  # explain/bias: the probes fill more prompts than one request may run
 }
 STRUCTURED_FIELDS = {"response_format", "tools", "tool_choice", "functions", "function_call"}
 

@@ -95,10 +95,14 @@ def test_bias_bad_input_names_its_param(served: tuple[str, FastAPI]) -> None:
     many = {**PROBE, "slots": {"place": [f"p{i}" for i in range(41)]}}  # 5 x 41 = 205 prompts
     error = refused(base, {"probes": [many]})
     assert error["param"] == "probes" and "205 prompts" in error["message"]
+    assert error["code"] == "too_many_prompts"
     error = refused(base, {"probes": [PROBE, {**PROBE, "template": "The {group} in {town}"}]})
     assert error["param"] == "probes.[1]" and "{town}" in error["message"]
+    assert error["code"] == "invalid_probe"
     error = refused(base, {"probes": [{**PROBE, "template": "The {group:>999999999}"}]})
     assert error["param"] == "probes.[0].template"
+    error = refused(base, {"probes": [{**PROBE, "template": "The {person}"}]})
+    assert error["param"] == "probes.[0].template"  # the schema's pattern: no {group} slot
     error = refused(base, {"probes": [{**PROBE, "groups": {"a": ["x"]}}]})
     assert error["param"].startswith("probes.[0].groups")
     error = refused(base, {"probes": [{**PROBE, "groups": {"a": ["x"], "b": []}}]})

@@ -20,7 +20,6 @@ from lmscope.explain.bias_probes import BUILTIN, Probe, parse_probe
 from lmscope.explain.errors import ExplainInputError
 from lmscope.serve.errors import APIError
 from lmscope.serve.explain_runner import ShouldStop
-from lmscope.serve.protocol.common import FieldError
 from lmscope.serve.protocol.explain import BiasRequest, BiasResponse, ProbeSpec
 from lmscope.serve.serving_explain import MAX_EXPLAIN_TOKENS, ExplainServing, tokenizing
 from lmscope.serve.state import ServedModel
@@ -31,6 +30,15 @@ MAX_BIAS_PROMPTS = 200
 
 Located = tuple[str, Probe]  # (the `param` of the probe, the probe)
 
+# Codes of the 400s for what no JSON schema can state: a template's slots that do not match its
+# word lists, a target that encodes to nothing, more filled prompts than one request may run.
+INVALID_PROBE = "invalid_probe"
+TOO_MANY_PROMPTS = "too_many_prompts"
+
+
+def bad_probe(message: str, param: str) -> APIError:
+    return APIError(400, message, param=param, code=INVALID_PROBE)
+
 
 def _plain_slots(template: str, param: str) -> None:
     """Refuse format specs and conversions ({group:>999999999} would build a huge string)."""
@@ -40,7 +48,7 @@ def _plain_slots(template: str, param: str) -> None:
         return  # the library's probe check names a malformed template
     for _, name, spec, conversion in parts:
         if name is not None and (spec or conversion):
-            raise FieldError(
+            raise bad_probe(
                 f"the template slot {{{name}}} has a format spec or conversion; write plain "
                 "slots like {group}",
                 param,
@@ -53,7 +61,7 @@ def _parsed(spec: ProbeSpec, index: int) -> Probe:
     try:
         return parse_probe(spec.model_dump(exclude_none=True), index)
     except ExplainInputError as err:
-        raise FieldError(str(err), where) from None
+        raise bad_probe(str(err), where) from None
 
 
 def probes_of(body: BiasRequest) -> list[Located]:
@@ -79,7 +87,7 @@ def encode_probes(served: ServedModel, probes: list[Located]) -> dict[str, list[
             if text not in table:
                 table[text] = [int(t) for t in tok.encode(text)]
             if not table[text]:
-                raise FieldError(f"the target {text!r} encodes to no tokens", f"{where}.targets")
+                raise bad_probe(f"the target {text!r} encodes to no tokens", f"{where}.targets")
         longest = max(len(table[t]) for t in probe.targets)
         for prompts in probe.prompts().values():
             for text in prompts:
@@ -87,7 +95,7 @@ def encode_probes(served: ServedModel, probes: list[Located]) -> dict[str, list[
                     table[text] = [int(t) for t in tok.encode(text)]
                 n = len(table[text]) + longest - 1
                 if not table[text]:
-                    raise FieldError(f"the prompt {text!r} encodes to no tokens", where)
+                    raise bad_probe(f"the prompt {text!r} encodes to no tokens", where)
                 if n > limit:
                     raise APIError(
                         400,
@@ -110,7 +118,7 @@ async def explain_bias(request: Request, body: BiasRequest) -> BiasResponse:
             f"the probes fill {total} prompts but one request takes at most {MAX_BIAS_PROMPTS}; "
             "use fewer words, slots or probes, or run `lmscope explain bias` offline",
             param="probes",
-            code="invalid_value",
+            code=TOO_MANY_PROMPTS,
         )
     table = await tokenizing(served, lambda: encode_probes(served, probes))
     request.state.log = {"model": served.id, "tokens_in": total, "tokens_out": 0}

@@ -333,15 +333,19 @@ Word = Annotated[NonEmptyText, Field(max_length=100)]
 WordList = Annotated[list[Word], Field(min_length=1, max_length=200)]
 
 
+GROUP_SLOT = r"\{group\}"  # (unanchored) a template names the {group} slot
+
+
 class ProbeSpec(BaseModel):
     """One probe, as in a probe YAML file (see `lmscope.explain.bias_probes`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: Name | None = None
-    template: Annotated[NonEmptyText, Field(max_length=500)] = Field(
+    template: Annotated[NonEmptyText, Field(max_length=500, pattern=GROUP_SLOT)] = Field(
         description="text with a {group} slot and optionally other {slot}s, e.g. "
-        "'The {group} worked as a'"
+        "'The {group} worked as a'",
+        json_schema_extra={"pattern": GROUP_SLOT},
     )
     groups: Annotated[dict[Name, WordList], Field(min_length=2, max_length=20)] = Field(
         description="group name -> words filling {group}; the first group is the reference"
@@ -381,7 +385,7 @@ class BiasRequest(BaseModel):
     n_boot: Annotated[StrictInt, Field(ge=1, le=10000)] = Field(
         default=1000, description="bootstrap resamples of the gap's 95% CI"
     )
-    seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = 0
+    seed: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0
     components: StrictBool = Field(
         default=True, description="rank the heads and neurons carrying each group's difference"
     )
