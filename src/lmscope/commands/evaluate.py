@@ -62,6 +62,7 @@ def _evaluate(
     threads: int | None,
     endpoint: Endpoint | None = None,
     quantize: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     import torch
 
@@ -81,12 +82,12 @@ def _evaluate(
     else:
         from lmscope.train.distributed import init_distributed
 
-        lm = load(model)
+        lm = load(model, device=device)
         if quantize is not None:  # scored with the int8 weights, as `serve --quantize` serves
             from lmscope.model.quantized import quantize_for_decoding
 
             quantize_for_decoding(lm.model, quantize)
-        info = init_distributed("cpu")
+        info = init_distributed(lm.model.device.type)
         if info.enabled:  # started by torchrun: each process takes a share of the work
             from lmscope.evaluate.backends import ShardedBackend
 
@@ -140,6 +141,7 @@ def eval_command(
     out: Path = typer.Option(Path("eval-out"), "--out", help="Directory for report.json/.html."),
     limit: int | None = typer.Option(None, help="Evaluate only the first N items of each task."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    device: str = typer.Option("cpu", help="cpu or cuda (cuda:N) when a GPU is present."),
     endpoint: str | None = typer.Option(
         None, help="Evaluate MODEL as served by this OpenAI-compatible URL (echo + logprobs)."
     ),
@@ -161,7 +163,7 @@ def eval_command(
         check_quantize_mode(quantize)
     specs = _load_specs(tasks)
     served = Endpoint(endpoint, tokenizer, context, api_key) if endpoint else None
-    report = _evaluate(model, specs, limit, threads, served, quantize)
+    report = _evaluate(model, specs, limit, threads, served, quantize, device)
     if not _is_main_process():
         return
     _print_report(report)
@@ -177,14 +179,15 @@ def compare_command(
     out: Path = typer.Option(Path("compare-out"), "--out", help="Directory for the reports."),
     limit: int | None = typer.Option(None, help="Evaluate only the first N items of each task."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    device: str = typer.Option("cpu", help="cpu or cuda (cuda:N) when a GPU is present."),
 ) -> None:
     """Compare A and B on the same items: paired differences with CIs, p-values, a verdict."""
     from lmscope.evaluate.compare import compare_reports
     from lmscope.evaluate.report import write_report
 
     specs = _load_specs(tasks)
-    report_a = _evaluate(model_a, specs, limit, threads)
-    report_b = _evaluate(model_b, specs, limit, threads)
+    report_a = _evaluate(model_a, specs, limit, threads, device=device)
+    report_b = _evaluate(model_b, specs, limit, threads, device=device)
     comparison = compare_reports(report_a, report_b)
     for task in comparison["tasks"]:
         print(f"{task['name']} ({task['kind']}, {task['n_items']} items)")

@@ -50,6 +50,7 @@ def generate(
     ),
     dtype: DType = typer.Option(DType.float32, help="Weights dtype."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's)."),
+    device: str = typer.Option("cpu", help="cpu or cuda (cuda:N) when a GPU is present."),
     prepack: bool = typer.Option(
         True,
         help="Prepack float32 weights for faster CPU decoding (costs one more copy of the "
@@ -87,7 +88,7 @@ def generate(
         stop=tuple(unescape(s) for s in stop),
         seed=seed,
     )
-    loaded = load(model, dtype=getattr(torch, dtype.value))
+    loaded = load(model, dtype=getattr(torch, dtype.value), device=device)
     if loaded.tokenizer is None:
         raise GenerationError(
             f"model {model!r} has no tokenizer; save one with the checkpoint to generate text"

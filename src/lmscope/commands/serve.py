@@ -78,6 +78,7 @@ def serve(
         help="Prepack float32 weights for faster CPU decoding (costs one more copy of the "
         "weights in memory).",
     ),
+    device: str = typer.Option("cpu", help="cpu or cuda (cuda:N) when a GPU is present."),
     threads: int | None = typer.Option(
         None, help="CPU threads for torch (default: torch's choice, usually the core count)."
     ),
@@ -112,9 +113,13 @@ def serve(
     ):
         if value < 1:
             raise UsageError(f"{name} must be at least 1")
+    from lmscope.zoo.registry import check_device
+
+    check_device(device)  # before binding the port or loading anything
     settings = ServeSettings(
         models=[parse_model_spec(m) for m in model],
         routes=list(route),
+        device=device,
         shadows=list(shadow),
         feedback_db=feedback_db,
         api_key=api_key or os.environ.get("LMSCOPE_API_KEY") or None,

@@ -43,6 +43,7 @@ class ServeSettings:
     prefill_chunk: int = PREFILL_CHUNK
     # Online A/B: where answers and feedback are stored (default: a SQLite file in the cache
     # when there are --route aliases), and which version shadows which alias.
+    device: str = "cpu"  # cpu or cuda (cuda:N)
     feedback_db: str | None = None
     shadows: list[str] = field(default_factory=list)
 
@@ -92,7 +93,7 @@ class ServerState:
                 log.info(
                     '{"event": "loading", "model": "%s", "source": "%s"}', spec.id, spec.source
                 )
-                loaded = load(spec.source, dtype=dtype)
+                loaded = load(spec.source, dtype=dtype, device=self.settings.device)
                 choice = prepare_for_decoding(  # the fastest path here (or int8 when asked)
                     loaded.model,
                     quantize=self.settings.quantize,

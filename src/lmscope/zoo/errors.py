@@ -15,5 +15,9 @@ class ConversionError(ZooError):
     """A Hugging Face state dict that does not fit its config (missing, extra or odd tensors)."""
 
 
+class DeviceError(ZooError):
+    """A device torch cannot use on this machine."""
+
+
 class CheckpointError(ZooError):
     """An lmscope checkpoint that is missing, corrupt, truncated or does not fit its config."""

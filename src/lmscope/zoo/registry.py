@@ -84,6 +84,28 @@ def _load_directory(path: Path) -> tuple[Transformer, Any]:
     )
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, or one clear error when this machine cannot use it."""
+    from lmscope.zoo.errors import DeviceError
+
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {str(device)!r}; use cpu or cuda (cuda:N)") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {str(device)!r} is not available: this torch sees no CUDA GPU; use cpu"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {str(device)!r} does not exist: {torch.cuda.device_count()} GPU(s) here"
+            )
+    elif resolved.type != "cpu":
+        raise DeviceError(f"device {str(device)!r} is not supported; use cpu or cuda (cuda:N)")
+    return resolved
+
+
 def load(
     name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
     *,
@@ -91,6 +113,7 @@ def load(
     device: str | torch.device = "cpu",
 ) -> LoadedModel:
     """Resolve a registered name or a path into a LoadedModel (in eval mode)."""
+    device = check_device(device)
     key = str(name_or_path)
     entry: EmbeddedModel | None = EMBEDDED_MODELS.get(key)
     if entry is not None:
