@@ -5,6 +5,7 @@ import { renderGraph, rethreshold, markSelected, edgeKey, scrollToRoute, layout 
 import { renderTokens } from "./tokens.js";
 import { generator } from "./generation.js";
 import { experimentsTab } from "./experiments.js";
+import { biasTab } from "./bias.js";
 import { overviewPanel, edgePanel, headView, neuronPanel, lensPanel } from "./panels.js";
 
 const EXAMPLES = [
@@ -20,6 +21,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   source: null, // what every explain request repeats: {model, prompt | messages, completion, norm}
   ex: null, // the last explanation
+  asked: null, // the request body that produced it
   routes: null, // the route graph as fetched (at routes.graph.tau)
   shown: null, // the graph drawn (re-thresholded client-side while the slider moves)
   selected: null,
@@ -68,16 +70,18 @@ async function explain(source, extra = {}) {
   busy(true);
   const started = performance.now();
   try {
-    const ex = await postJSON("/v1/explain", {
+    const asked = {
       ...source,
       tau: tau(),
       renormalise: $("renormalise").checked,
       k: 10,
       saliency: false, // the overview fetches it after the graph is drawn
       ...extra,
-    });
+    };
+    const ex = await postJSON("/v1/explain", asked);
     if (seq !== state.seq) return null;
     clearError();
+    state.asked = { ...asked, model: ex.model }; // what "check route" asks again
     // Pin the model that answered (an A/B route alias could pick another one next time).
     state.source = { ...source, model: ex.model };
     state.ex = ex;
@@ -239,10 +243,13 @@ function onRenormalise() {
 // ---- inspector ----------------------------------------------------------------------------------
 const refreshExperiments = experimentsTab($("panel-experiments"), () => !$("panel-experiments").hidden);
 
+const openBias = biasTab($("panel-bias"), { model: () => $("model-select").value || undefined, showError });
+
 function showTab(name) {
   for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.tab === name);
   for (const panel of document.querySelectorAll(".inspector [role=tabpanel]")) panel.hidden = panel.id !== `panel-${name}`;
   if (name === "experiments") refreshExperiments();
+  if (name === "bias") openBias();
 }
 
 function showOverview() {
@@ -256,6 +263,13 @@ function showOverview() {
         // A generated token is explained by the token actually produced, not the top prediction.
         const token = ex.target >= ex.n_prompt_tokens - 1 && ex.next_token ? ex.next_token.token : undefined;
         return sub("/v1/explain/saliency", { method, target: ex.target, token, n_steps: 24 });
+      },
+      onRouteCheck: async () => {
+        const ex = state.ex;
+        // The same question again with the check: the server reuses the cached trace and flow.
+        const body = await postJSON("/v1/explain", { ...state.asked, route_check: true });
+        if (state.ex === ex) ex.route_check = body.route_check;
+        return body.route_check;
       },
     }),
   );

@@ -211,6 +211,26 @@ export function overviewPanel(ex, handlers) {
     }),
   );
 
+  if (handlers.onRouteCheck || ex.route_check) {
+    const box = el("div", { id: "route-check" });
+    const button = el("button", { type: "button", class: "small", id: "route-check-btn", title: "ablate the route's heads and MLP blocks vs as many random ones (12 more forward passes)" }, "check route");
+    const run = async () => {
+      button.disabled = true;
+      box.replaceChildren(el("p", { class: "muted" }, "ablating the route and random components…"));
+      try {
+        box.replaceChildren(routeCheckView(await handlers.onRouteCheck()));
+      } catch (err) {
+        box.replaceChildren(el("p", { class: "down" }, err.message));
+      } finally {
+        button.disabled = false;
+      }
+    };
+    button.addEventListener("click", run);
+    if (ex.route_check) box.replaceChildren(routeCheckView(ex.route_check));
+    else box.replaceChildren(el("p", { class: "hint" }, "Does the route matter? Ablate its components against random ones."));
+    root.append(el("h3", {}, "Route check ", handlers.onRouteCheck ? button : null), box);
+  }
+
   const salBox = el("div", {});
   const method = el(
     "select",
@@ -414,5 +434,35 @@ export function lensPanel(data, { onFinalNorm, predicted }) {
     ),
     toggle ? el("label", { class: "check" }, toggle, "through the final norm") : null,
     lensRows(data.top, predicted, { id: "lens-table" }),
+  );
+}
+
+/**
+ * The causal check of a route (`route_check` of an explanation): the drop of the watched
+ * token's log-probability when the route's heads and MLP blocks are ablated, next to the mean
+ * drop for as many random components off the route.
+ */
+export function routeCheckView(rc) {
+  const kinds = rc.components.length
+    ? `${rc.components.length} components on the route (${rc.components.slice(0, 12).join(", ")}${rc.components.length > 12 ? ", …" : ""})`
+    : "no component is on the route at this τ";
+  const rows = [
+    { label: "route", value: rc.route_drop, key: "route", title: `log-prob drop when the route's components are zeroed` },
+    { label: "random", value: rc.random_drop, key: "random", title: `mean of ${rc.random_drops.length} draws: ${rc.random_drops.map((d) => fmt(d, 3)).join(", ")}` },
+  ];
+  const verdict = rc.score > 0 ? "the route matters more than random components" : "the route matters no more than random components";
+  return el(
+    "div",
+    { class: "route-check", dataset: { score: rc.score } },
+    el(
+      "div",
+      { class: "kv" },
+      el("span", {}, "watched"),
+      el("b", {}, el("span", { class: "mono" }, showToken(rc.target_text ?? `<${rc.target}>`)), ` · log p ${fmt(rc.clean_logprob, 3)}`),
+      el("span", {}, "faithfulness"),
+      el("b", { class: "route-score", title: String(rc.score) }, `${fmt(rc.score, 3)} nats`),
+    ),
+    barList(rows, { valueText: (v) => fmt(v, 3) }),
+    el("p", { class: "hint" }, `Drop of the watched token's log-probability when the route's components are ablated (${rc.mode}), and the mean drop for ${rc.random_drops.length} random sets of as many components off the route: ${verdict}. ${kinds}.`),
   );
 }

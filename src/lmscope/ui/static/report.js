@@ -4,7 +4,7 @@
 import { el, showToken, fmt, pct, debounce } from "./util.js";
 import { renderGraph, rethreshold, scrollToRoute, layout, parseNode } from "./graph.js";
 import { renderTokens, saliencyView } from "./tokens.js";
-import { barList, chips, heatmap, trajectoryChart, edgePanel, headView, neuronTable, neuronPanel, lensPanel, NEURON_HINT } from "./panels.js";
+import { barList, chips, heatmap, trajectoryChart, edgePanel, headView, neuronTable, neuronPanel, lensPanel, routeCheckView, NEURON_HINT } from "./panels.js";
 
 const D = JSON.parse(document.getElementById("lmscope-data").textContent);
 const $ = (id) => document.getElementById(id);
@@ -197,6 +197,9 @@ function predictionSection(P) {
     el("h3", {}, "Through the layers ", el("span", { class: "pill" }, `“${showToken(P.trajectory.text)}”`)),
     trajectoryChart(P.trajectory),
     el("p", { class: "hint" }, "Solid: rank of the predicted token in the logit lens (top = #1). Dashed: its probability."),
+    // The route check was made for the explained position only (explain(route_check=True)).
+    D.route_check && state.target === D.target ? el("h3", {}, "Route check") : null,
+    D.route_check && state.target === D.target ? routeCheckView({ target_text: P.prediction.find((t) => t.token === D.route_check.target)?.text, ...D.route_check }) : null,
   );
 }
 
