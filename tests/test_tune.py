@@ -234,6 +234,18 @@ def test_resume_tops_up_a_larger_budget_and_refuses_a_changed_search(
         run_search(write_search(tmp_path, data_dir, space=changed, pruner="none"))
 
 
+def test_a_resumed_study_does_not_propose_the_first_runs_points_again(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Run again with a larger budget, the sampler (same seed, new process) used to draw the
+    first run's first point once more: a trial spent on parameters already tried."""
+    run_search(write_search(tmp_path, data_dir, budget={"trials": 1}, pruner="none"))
+    run_search(write_search(tmp_path, data_dir, budget={"trials": 2}, pruner="none"))
+    first, second = trials_of(tmp_path)
+    assert second.state == TrialState.COMPLETE
+    assert second.params != first.params
+
+
 def test_a_trial_whose_worker_died_is_failed_and_retried(data_dir: Path, tmp_path: Path) -> None:
     path = write_search(tmp_path, data_dir, budget={"trials": 3}, pruner="none",
                         study={"name": "t", "dir": str(tmp_path / "study"), "heartbeat_s": 1,

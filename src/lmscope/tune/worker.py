@@ -123,6 +123,12 @@ def run_worker(
     storage: RDBStorage = open_storage(url, search.heartbeat_s, search.grace_s, search.max_retry)
     study = open_study(search, storage, sampler, pruner, top_up)
     _refuse_leftovers(study, search.study_dir)
+    if seed is not None and search.sampler not in ("grid", "qmc"):
+        # A resumed study's sampler seeded as the first run was would propose that run's first
+        # points again; offset the seed by the trials already sampled (still reproducible).
+        sampled = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+        if sampled:
+            study.sampler = make_sampler(search, seed + len(sampled), parallel)
     search.study_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     result = WorkerResult()
