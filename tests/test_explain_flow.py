@@ -79,6 +79,17 @@ def test_gqa_parts_use_the_shared_kv_head() -> None:
 
 
 # ---- the fast proximities agree with an independent brute force -----------------------------
+def _pattern_float64(acts, layer: int, cfg) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """softmax(q k^T / sqrt(d)) over the causal sources, in float64, from the raw (rotated) q, k."""
+    rot = "rot_" if f"blocks.{layer}.attn.hook_rot_q" in acts else ""
+    q = acts[f"blocks.{layer}.attn.hook_{rot}q"].transpose(0, 1)  # [H, T, d]
+    k = acts[f"blocks.{layer}.attn.hook_{rot}k"].transpose(0, 1)  # [K, S, d]
+    k = k.repeat_interleave(cfg.n_heads // cfg.kv_heads, dim=0)
+    scores = q @ k.transpose(1, 2) / cfg.head_dim**0.5
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(-1)
+
+
 def _brute_force(model, trace, norm: str, mlp_bias: str = "in_mlp"):  # type: ignore[no-untyped-def]
     """Importances by looping over every part (float64, no vectorisation over parts), read from
     raw hooks and raw weights (not through TraceView or decompose). mlp_bias: "in_mlp" counts
@@ -105,7 +116,7 @@ def _brute_force(model, trace, norm: str, mlp_bias: str = "in_mlp"):  # type: ig
             else acts[f"blocks.{layer - 1}.hook_resid_post"]
         )
         mid = acts[f"blocks.{layer}.hook_resid_mid"]
-        pattern = acts[f"blocks.{layer}.attn.hook_pattern"]
+        pattern = _pattern_float64(acts, layer, cfg)
         v = acts[f"blocks.{layer}.attn.hook_v"]
         for i in range(T):
             y = mid[i]
@@ -146,8 +157,12 @@ def test_fast_proximities_match_brute_force(setup, norm: str, mlp_bias: str) -> 
     attn, res, mlp, raw = _brute_force(model, trace, norm, mlp_bias)
     for layer in range(model.cfg.n_layers):  # raw proximities, relative to the whole's norm
         fast = head_proximities(
-            view.resid_mid(layer), view.pattern(layer), view.head_vectors(layer), norm
-        )
+            view.resid_mid(layer),
+            view.pattern(layer),
+            view.values(layer),
+            view.attn_weight(layer),
+            norm,
+        ).permute(1, 2, 0)  # [target, source, head]
         scale = float(torch.linalg.vector_norm(view.resid_mid(layer), ord=1, dim=-1).max())
         assert (fast.double() - raw[layer]).abs().max() < 1e-6 * max(1.0, scale)
     assert (flow.attn_heads.double() - attn).abs().max() < 1e-6
@@ -155,32 +170,85 @@ def test_fast_proximities_match_brute_force(setup, norm: str, mlp_bias: str) -> 
     assert (flow.mlp.double() - mlp).abs().max() < 1e-6
 
 
-def test_l1_kernel_coordinate_split_is_exact() -> None:
-    """The fast L1 kernel (linear on coordinates no part can flip, elementwise elsewhere) equals
-    the direct sum over every coordinate, with both of its branches exercised."""
-    from lmscope.explain.flow import (
-        _head_proximities_l1,
-        _head_proximities_l1_direct,
-        _small_coordinates,
-    )
+def _l1_direct(y: torch.Tensor, w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """sum_d |y_id| - |y_id - w_ijh u_jhd| on every coordinate; w [T, S, H], u [S, H, D]."""
+    parts = w[..., None] * u[None]  # [T, S, H, D]
+    return (y.abs()[:, None, None] - (y[:, None, None] - parts).abs()).sum(-1).clamp(min=0.0)
+
+
+def test_l1_kernel_is_exact_in_every_bucket() -> None:
+    """The L1 kernel (a matrix product, then an elementwise pass over the coordinates each part
+    can flip, bucketed by width) equals the direct sum over every coordinate, with every bucket
+    and no-flip parts exercised, whatever the chunk size."""
+    from lmscope.explain.flow import BUCKET_WIDTHS
 
     g = torch.Generator().manual_seed(3)
-    n, heads, d = 12, 3, 64
+    n, kv, group, d_head, d = 12, 2, 2, 8, 2 * BUCKET_WIDTHS[-1]
     y = torch.randn(n, d, generator=g)
     y[0, 5] = 0.0  # an exact zero coordinate
-    u = torch.randn(n, heads, d, generator=g) * torch.logspace(-2, 1, n)[:, None, None]
-    scores = torch.randn(heads, n, n, generator=g) * 3
+    v = torch.randn(n, kv, d_head, generator=g) * torch.logspace(-2, 1, n)[:, None, None]
+    w_o = torch.randn(kv * group, d_head, d, generator=g) / d_head**0.5
+    scores = torch.randn(kv * group, n, n, generator=g) * 3
     pattern = scores.masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf")).softmax(-1)
-    w = pattern.permute(1, 2, 0).contiguous()
-    ref = _head_proximities_l1_direct(y.double(), w.double(), u.double())
+    u = torch.einsum("jhe,heD->jhD", v.repeat_interleave(group, 1), w_o)
+    ref = _l1_direct(y.double(), pattern.permute(1, 2, 0).double(), u.double())
     for budget in (1, 300, 1 << 20):
-        fast = _head_proximities_l1(y, w, u, chunk_elements=budget)
+        fast = head_proximities(y, pattern, v, w_o, "l1", budget).permute(1, 2, 0)
         assert (fast.double() - ref).abs().max() < 1e-5 * ref.abs().max()
-    sorted_abs = y.abs().sort(-1).values
-    reach = w * u.abs().amax(-1)
-    k = _small_coordinates(sorted_abs, reach, d)
-    big = reach > sorted_abs[:, k, None, None]
-    assert big.any() and (~big & (w > 0)).any()
+    small = y.abs().sort(-1).values
+    reach = pattern.permute(1, 2, 0) * u.abs().amax(-1)  # [T, S, H]
+    bounds = torch.tensor([0, *BUCKET_WIDTHS])
+    level = (reach[..., None] > small[:, bounds][:, None, None]).sum(-1)[
+        pattern.permute(1, 2, 0) > 0
+    ]
+    assert set(level.tolist()) == set(range(len(BUCKET_WIDTHS) + 2))  # none, each width, all D
+
+
+def _old_l1_kernel(y: torch.Tensor, w: torch.Tensor, u: torch.Tensor, k: int) -> torch.Tensor:
+    """The kernel before the bucketed one (kept as a reference): the k smallest |y| of each target
+    elementwise, a linear term sign(y) . u on the rest, and every coordinate for the parts whose
+    reach a max|u| exceeds the (k+1)-th smallest |y|. w [T, S, H], u [S, H, D]."""
+    n_tok, n_heads, _ = u.shape
+    sorted_abs, order = y.abs().sort(-1)
+    small = order[:, :k]
+    sign_out = torch.where(y >= 0, 1.0, -1.0).scatter(1, small, 0.0)
+    prox = torch.einsum("iD,jhD->ijh", sign_out, u) * w + sorted_abs[:, :k].sum(-1)[:, None, None]
+    picked = (
+        u[None]
+        .expand(n_tok, -1, -1, -1)
+        .gather(3, small[:, None, None, :].expand(-1, n_tok, n_heads, -1))
+    )  # [T, S, H, k]
+    prox -= (w[..., None] * picked - y.gather(1, small)[:, None, None]).abs().sum(-1)
+    big = w * u.abs().amax(-1) > sorted_abs[:, k, None, None]
+    prox[big] = _l1_direct(y, w, u)[big]
+    return prox.masked_fill(w == 0, 0.0).clamp(min=0.0)
+
+
+def test_fast_kernel_equals_the_old_one_on_every_family(setup) -> None:  # type: ignore[no-untyped-def]
+    """Same proximities as the kernel this one replaced, layer by layer, on every tiny family."""
+    _, model, _, view = setup
+    for layer in range(model.cfg.n_layers):
+        y, pattern = view.resid_mid(layer), view.pattern(layer)
+        new = head_proximities(y, pattern, view.values(layer), view.attn_weight(layer))
+        w, u = pattern.permute(1, 2, 0), view.head_vectors(layer)
+        for k in (1, 4, model.cfg.d_model // 4):
+            old = _old_l1_kernel(y, w, u, k)
+            assert (new.permute(1, 2, 0) - old).abs().max() < 1e-5 * max(1.0, float(old.max()))
+
+
+def test_recomputed_patterns_are_the_recorded_ones(setup) -> None:  # type: ignore[no-untyped-def]
+    """`record` keeps q and k, not the patterns; TraceView recomputes them bit for bit, for every
+    row of a batch too."""
+    _, model, trace, _ = setup
+    assert not [n for n in trace.activations if n.endswith("hook_pattern")]
+    ids = torch.stack([tokens(T), tokens(T, seed=2)])
+    full = model.run_with_trace(ids, names=lambda n: True)
+    lean = model.run_with_trace(ids, names=lambda n: not n.endswith("hook_pattern"))
+    for row in (0, 1):
+        for layer in range(model.cfg.n_layers):
+            recorded = full[f"blocks.{layer}.attn.hook_pattern"][row]
+            assert torch.equal(TraceView(model, lean, row).pattern(layer), recorded)
+            assert torch.equal(TraceView(model, full, row).pattern(layer), recorded)
 
 
 @pytest.mark.parametrize("mlp_bias", ["in_mlp", "separate"])

@@ -171,7 +171,7 @@ def test_attention_rollout(model) -> None:  # type: ignore[no-untyped-def]
 def test_attention_rollout_is_the_explicit_product(model) -> None:  # type: ignore[no-untyped-def]
     """Rollout row i = row i of M_{L-1} ... M_1 M_0, with M_l = r I + (1 - r) mean_h A_l
     (rows renormalised), written out with scalar loops in float64."""
-    trace = record(model, tokens(T))
+    trace = model.run_with_trace(tokens(T)[None], names=lambda n: True)  # keeps the patterns
     view = TraceView(model, trace)
     n, r = 6, 0.3
     rollout = [[float(i == j) for j in range(n)] for i in range(n)]

@@ -2,8 +2,9 @@
 
 `compute_flow` applies the decompositions of `lmscope.explain.decompose` to every layer and
 token at once and stores the importance of every part (see `proximity`). The per-(source, head)
-attention parts are never all materialised: they are built in chunks of target and source
-tokens sized by `chunk_elements`, so memory stays bounded for long prompts.
+attention parts p = a v W_O are never materialised: their proximities come from dot products in
+the head dimension plus an elementwise pass over the few coordinates a part can flip, in chunks
+of `chunk_elements`, so memory stays bounded for long prompts.
 
 The result, `FlowGraph`, is dense (one number per possible edge); `FlowGraph.routes` turns it
 into the sparse route graph of the tokens you ask about.
@@ -32,7 +33,8 @@ from lmscope.model.trace import Trace
 from lmscope.model.transformer import Transformer
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 20
-LINEAR_BLOCK = 128  # target rows per matmul of the L1 kernel's linear term
+# Widths (coordinates of the smallest |y|) a part is evaluated on elementwise; then all of D.
+BUCKET_WIDTHS = (4, 8, 16, 32, 64, 128, 256)
 # Per-head importances above this many bytes are kept in float16 (documented in docs/explain.md).
 HEAD_FLOAT32_LIMIT = 256 << 20
 MlpBias = Literal["in_mlp", "separate"]
@@ -122,126 +124,143 @@ class FlowGraph(JsonResult):
 def head_proximities(
     whole: torch.Tensor,
     pattern: torch.Tensor,
-    head_vectors: torch.Tensor,
+    values: torch.Tensor,
+    w_o: torch.Tensor,
     norm: str = "l1",
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Proximity of every (source j, head h) part A^h_ij u_jh to the whole y_i.
+    """Proximity of every (source j, head h) part p = A^h_ij v_j W_O^h to the whole y_i.
 
-    whole [T, D] (resid_mid), pattern [H, T, T], head_vectors [T, H, D] -> prox [T, T, H]
-    (target, source, head); zero where the attention weight is zero (future tokens).
+    whole [T, D] (resid_mid), pattern [H, T, S], values [S, K, d] (GQA/MQA: head h reads kv
+    head h // (H / K)), w_o [H, d, D] -> prox [H, T, S]; zero where the attention weight is zero.
+    Dot products with u = v W_O are taken as (y W_O^T) . v, in the head dimension d << D.
+    out (L1): a [H, T, S] buffer to reuse, zero at future sources (as any earlier result is).
     """
-    weights = pattern.permute(1, 2, 0).contiguous()  # [T, S, H]
+    n_heads = w_o.shape[0]
+    group = n_heads // values.shape[1]
+    v = values.permute(1, 0, 2)  # [K, S, d]
+    if group > 1:
+        v = v.repeat_interleave(group, dim=0)  # [H, S, d]
     if norm_order(norm) == 2:
-        prox = _head_proximities_l2(whole, weights, head_vectors)
-        prox.masked_fill_(weights == 0, 0.0)
-    else:
-        prox = _head_proximities_l1(whole, weights, head_vectors, chunk_elements)
-    return prox.clamp_(min=0.0)
+        return _head_proximities_l2(whole, pattern, v, w_o)
+    return _head_proximities_l1(whole, pattern, v, w_o, chunk_elements, out)
 
 
 def _head_proximities_l1(
-    whole: torch.Tensor, weights: torch.Tensor, head_vectors: torch.Tensor, chunk_elements: int
+    whole: torch.Tensor,
+    pattern: torch.Tensor,
+    v: torch.Tensor,
+    w_o: torch.Tensor,
+    chunk_elements: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Exact L1 proximities sum_d |y_id| - |y_id - p_d| of the parts p = A_ijh u_jh.
+    """Exact L1 proximities sum_d |y_d| - |y_d - p_d| of the parts p = a u (u = v W_O^h).
 
-    Coordinates where p_d cannot flip the sign of y_d contribute linearly:
-    |y_d| - |y_d - p_d| = sign(y_d) p_d. For target i, let S_i be its k coordinates with the
-    smallest |y_id| and tau_i the smallest |y_id| outside S_i. A part with a * max|u| <= tau_i
-    flips nothing outside S_i, so
-        prox = a * (sign(y_i) off S_i) . u_jh  +  sum_{d in S_i} |y_id| - |y_id - p_d|
-    (a matrix product plus an elementwise sum over k << D coordinates). The few parts with
-    a * max|u| > tau_i are computed on every coordinate. Chunks bound the memory.
+    With s_d = sign(y_d) p_d, each term is s_d - 2 relu(s_d - |y_d|), so
+        prox = a (sign(y) . u) - 2 sum_d relu(a sign(y_d) u_d - |y_d|).
+    The first term is a matrix product; the second is zero on every coordinate with
+    |y_d| >= a max|u|, so a part only visits its target's coordinates below that reach (the
+    smallest |y| first, rounded up to a bucket width): a few for most parts, none for many.
+    Targets go in causal blocks (sources up to the block's last target) of `chunk_elements`.
     """
-    n_tok, n_heads, d_model = head_vectors.shape
-    if d_model < 2:
-        return _head_proximities_l1_direct(whole, weights, head_vectors)
-    abs_whole = whole.abs()
-    # The smallest |y| per target, sorted (enough for the largest k tried).
-    sorted_abs, order = abs_whole.topk(
-        min(d_model, d_model // 4 + 1), dim=-1, largest=False, sorted=True
-    )
-    u_max = head_vectors.abs().amax(-1)  # [S, H]
-    k = _small_coordinates(sorted_abs, weights * u_max[None], d_model)
-    tau = sorted_abs[:, k]  # [T]: every coordinate outside S_i has |y| >= tau
-    small_idx = order[:, :k]  # [T, k]
-    small_y = whole.gather(1, small_idx)  # [T, k]
-    small_abs_sum = sorted_abs[:, :k].sum(-1)  # [T]
-    sign_out = torch.where(whole >= 0, 1.0, -1.0).scatter(1, small_idx, 0.0)  # [T, D]
-    u_rows = head_vectors.permute(2, 0, 1).reshape(d_model, n_tok * n_heads)  # [D, S*H]
-    # The linear term for every (target, source, head), as a few large causal matmuls.
-    prox = torch.zeros(n_tok, n_tok, n_heads)
-    for b0 in range(0, n_tok, LINEAR_BLOCK):
-        b1 = min(n_tok, b0 + LINEAR_BLOCK)
-        linear = sign_out[b0:b1] @ u_rows[:, : b1 * n_heads]
-        prox[b0:b1, :b1] = linear.view(b1 - b0, b1, n_heads)
-    prox.mul_(weights).add_(small_abs_sum[:, None, None])
-    pairs = max(1, chunk_elements // (n_heads * k))
+    n_heads, n_tok, n_src = pattern.shape
+    d_model = whole.shape[-1]
+    u = torch.bmm(v, w_o)  # [H, S, D]
+    u_max = u.abs().amax(-1)[:, None, :]  # [H, 1, S]
+    sign = torch.where(whole >= 0, 1.0, -1.0)  # [T, D]
+    w_flat = w_o.permute(2, 0, 1).reshape(d_model, -1)  # [D, H*d]
+    signed_w = (sign @ w_flat).view(n_tok, n_heads, -1).transpose(0, 1)  # [H, T, d]
+    widths = [w for w in BUCKET_WIDTHS if w < d_model]
+    small, order = whole.abs().topk(
+        (widths[-1] if widths else 0) + 1, largest=False, sorted=True
+    )  # [T, k]: the smallest |y| of each target, ascending
+    sorted_parts = (whole.gather(1, order), sign.gather(1, order), order)
+    prox = torch.zeros(n_heads, n_tok, n_src) if out is None else out
     i0 = 0
     while i0 < n_tok:
-        # Causal: targets i0..i1-1 only meet sources 0..i1-1; keep c * i1 pairs in the budget.
-        rows = 1
-        while i0 + rows < n_tok and (rows + 1) * (i0 + rows + 1) <= pairs:
+        rows = 1  # causal: targets i0..i1-1 read sources up to i1-1 (+ any before the prompt)
+        while i0 + rows < n_tok and n_heads * (rows + 1) * (i0 + rows + 1) <= chunk_elements:
             rows += 1
         i1 = i0 + rows
-        a = weights[i0:i1, :i1]  # [c, S, H]
-        chunk = prox[i0:i1, :i1]  # a view: updated in place
-        picked = u_rows[:, : i1 * n_heads].index_select(0, small_idx[i0:i1].reshape(-1))
-        picked = picked.view(rows, k, i1, n_heads)
-        dist = torch.addcmul(small_y[i0:i1, :, None, None].neg(), a[:, None], picked)  # p - y
-        chunk -= dist.abs_().sum(1)
-        big = (a * u_max[None, :i1]) > tau[i0:i1, None, None]
-        if bool(big.any()):
-            ci, j, h = big.nonzero(as_tuple=True)
-            ti = ci + i0
-            part = a[ci, j, h][:, None] * head_vectors[j, h]
-            chunk[ci, j, h] = (abs_whole[ti] - (whole[ti] - part).abs()).sum(-1)
+        s1 = min(n_src, i1 + n_src - n_tok)
+        a = pattern[:, i0:i1, :s1]
+        block = torch.bmm(signed_w[:, i0:i1], v[:, :s1].transpose(1, 2)).mul_(a)
+        reach = a * u_max[..., :s1]  # a * max|u| bounds every |p_d|
+        live = (reach > small[None, i0:i1, :1]).view(-1).nonzero().squeeze(1)
+        if live.numel():
+            corrections = _flip_corrections(
+                live, reach, a, u, whole, sign, small, sorted_parts, widths, i0, chunk_elements
+            )
+            block.view(-1).index_add_(0, live, corrections, alpha=-2.0)
+        prox[:, i0:i1, :s1] = block.clamp_(min=0.0)
         i0 = i1
-    return prox.masked_fill_(weights == 0, 0.0)  # p = 0 there (future sources): exactly 0
+    return prox
 
 
-def _small_coordinates(sorted_abs: torch.Tensor, reach: torch.Tensor, d_model: int) -> int:
-    """How many small coordinates k per target to evaluate elementwise.
-
-    sorted_abs [T, >= D/4 + 1]: the smallest |y| per target, sorted; reach [T, S, H]:
-    a * max|u| per part. A part is
-    computed on all D coordinates when its reach exceeds tau_k = sorted_abs[:, k]; the cost,
-    in element passes, is about 4 k per part plus 8 D per such part. Pick the cheapest k.
-    """
-    parts = max(1, int((reach > 0).sum()))
-    largest = min(d_model - 1, sorted_abs.shape[-1] - 1)
-    best_k, best_cost = 1, float("inf")
-    for frac in (32, 16, 8, 4):
-        k = max(1, min(largest, d_model // frac))
-        n_big = int((reach > sorted_abs[:, k, None, None]).sum())
-        cost = 4 * k * parts + 8 * d_model * n_big
-        if cost < best_cost:
-            best_k, best_cost = k, cost
-    return best_k
-
-
-def _head_proximities_l1_direct(
-    whole: torch.Tensor, weights: torch.Tensor, head_vectors: torch.Tensor
+def _flip_corrections(
+    live: torch.Tensor,
+    reach: torch.Tensor,
+    a: torch.Tensor,
+    u: torch.Tensor,
+    whole: torch.Tensor,
+    sign: torch.Tensor,
+    small: torch.Tensor,
+    sorted_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    widths: list[int],
+    i0: int,
+    chunk_elements: int,
 ) -> torch.Tensor:
-    """sum_d |y_id| - |y_id - A_ijh u_jhd| on every coordinate (reference; small inputs)."""
-    parts = weights[..., None] * head_vectors[None]  # [T, S, H, D]
-    return (whole.abs()[:, None, None] - (whole[:, None, None] - parts).abs()).sum(-1)
+    """sum_d relu(a sign(y_d) u_d - |y_d|) of the parts `live` (flat indices into a block of
+    reach/a [H, B, S'] that starts at target i0); see `_head_proximities_l1`."""
+    _, n_rows, n_src = reach.shape
+    d_model = whole.shape[-1]
+    head_row = live.div(n_src, rounding_mode="floor")  # h * B + r
+    rows = head_row.remainder(n_rows)  # r (target i0 + r)
+    heads = (head_row - rows).div(n_rows, rounding_mode="floor")  # h
+    u_rows = heads.mul_(u.shape[1]).add_(live).sub_(head_row * n_src)  # h * S + j: its row of u
+    rows += i0
+    reach_live = reach.view(-1).take(live)
+    level = torch.searchsorted(small[:, widths].index_select(0, rows), reach_live[:, None])
+    level = level.squeeze(1)
+    a_live = a.reshape(-1).take(live)
+    y_sorted, sign_sorted, order = sorted_parts
+    flat_u, u_2d = u.view(-1), u.view(-1, d_model)
+    corrections = torch.empty_like(reach_live)
+    for b, width in enumerate([*widths, d_model]):
+        full = width == d_model
+        y_w, sign_w = (whole, sign) if full else (y_sorted[:, :width], sign_sorted[:, :width])
+        picked = (level == b).nonzero().squeeze(1)
+        step = max(1, chunk_elements // width)
+        for c0 in range(0, picked.numel(), step):
+            sel = picked[c0 : c0 + step]
+            r = rows.index_select(0, sel)
+            if full:
+                s = u_2d.index_select(0, u_rows.index_select(0, sel))
+            else:
+                idx = order[:, :width].index_select(0, r)
+                s = flat_u.take(idx.add_(u_rows.index_select(0, sel)[:, None] * d_model))
+            s.mul_(a_live.index_select(0, sel)[:, None])
+            s.sub_(y_w.index_select(0, r)).mul_(sign_w.index_select(0, r)).clamp_(min=0.0)
+            corrections.index_copy_(0, sel, s.sum(-1))
+    return corrections
 
 
 def _head_proximities_l2(
-    whole: torch.Tensor, weights: torch.Tensor, head_vectors: torch.Tensor
+    whole: torch.Tensor, pattern: torch.Tensor, v: torch.Tensor, w_o: torch.Tensor
 ) -> torch.Tensor:
-    """(2 y.p - p.p) / (||y|| + ||y - p||) with p = A u: only dot products, no [T, S, H, D]."""
+    """(2 y.p - p.p) / (||y|| + ||y - p||) with p = a u: only dot products, in float64."""
     y = whole.double()
-    u = head_vectors.double()
-    a = weights.double()  # [T, S, H]
-    yu = torch.einsum("id,jhd->ijh", y, u)  # [T, S, H]
-    uu = (u * u).sum(-1)  # [S, H]
-    yy = (y * y).sum(-1)[:, None, None]  # [T, 1, 1]
+    a = pattern.double()  # [H, T, S]
+    vd, wd = v.double(), w_o.double()
+    yu = torch.bmm(torch.matmul(y, wd.transpose(1, 2)), vd.transpose(1, 2))  # [H, T, S]
+    uu = torch.bmm(vd, wd).square().sum(-1)[:, None, :]  # [H, 1, S]
+    yy = (y * y).sum(-1)[None, :, None]  # [1, T, 1]
     num = 2 * a * yu - a * a * uu
     dist = (yy - num).clamp_min(0.0).sqrt()  # ||y - p||
     den = yy.sqrt() + dist
-    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0).float()
+    prox = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0).float()
+    return prox.masked_fill_(pattern == 0, 0.0).clamp_(min=0.0)
 
 
 def compute_flow(
@@ -258,7 +277,7 @@ def compute_flow(
     """Importances of every block part, for every layer and token of a traced prompt.
 
     norm: "l1" (default) or "l2" for the proximity.
-    chunk_elements: elements per chunk of (target, source, head, d_model) parts; bounds memory.
+    chunk_elements: elements per chunk of the L1 kernel's elementwise pass; bounds memory.
     head_dtype: storage of the per-head importances; default float32, or float16 when the
         [L, T, T, H] tensor would exceed 256 MB (long prompts).
     should_stop: checked before every layer; True raises ExplanationCancelled.
@@ -278,23 +297,31 @@ def compute_flow(
     mlp = torch.zeros(n_layers, n_tok)
     mlp_resid = torch.zeros(n_layers, n_tok)
     mlp_bias_share = torch.zeros(n_layers, n_tok)
+    buffer: torch.Tensor | None = None  # the [H, T, S] head proximities, reused across layers
 
     with torch.no_grad():
         for layer in range(n_layers):
             check_cancelled(should_stop, "the information-flow computation")
             # Attention block: whole = resid_mid.
             pre, mid = view.resid_pre(layer), view.resid_mid(layer)
-            heads = head_proximities(
-                mid, view.pattern(layer), view.head_vectors(layer), norm, chunk_elements
+            heads = head_proximities(  # [H, T, S]
+                mid,
+                view.pattern(layer),
+                view.values(layer),
+                view.attn_weight(layer),
+                norm,
+                chunk_elements,
+                out=buffer,
             )
+            buffer = heads
             resid = proximity(mid, pre, norm)
             b_o = view.attn_bias(layer)
             bias = proximity(mid, b_o, norm) if b_o is not None else torch.zeros(n_tok)
-            total = heads.sum((1, 2)) + resid + bias  # [T]
+            total = heads.sum((0, 2)) + resid + bias  # [T]
             safe = torch.where(total > 0, total, torch.ones_like(total))
-            heads.div_(safe[:, None, None])
-            attn_heads[layer] = heads
-            attn_edges[layer] = heads.sum(-1)
+            heads.div_(safe[None, :, None])
+            attn_heads[layer].copy_(heads.permute(1, 2, 0))
+            torch.sum(heads, 0, out=attn_edges[layer])
             attn_resid[layer] = normalise(resid, total)
             attn_bias[layer] = normalise(bias, total)
 

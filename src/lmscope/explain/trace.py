@@ -16,16 +16,22 @@ import torch
 from lmscope.explain.budget import ShouldStop, check_cancelled
 from lmscope.explain.errors import ExplainInputError, check_tokens
 from lmscope.model.modes import eval_mode
-from lmscope.model.trace import Trace
+from lmscope.model.trace import Trace, TraceRecorder
 from lmscope.model.transformer import Block, Transformer
 
 ResidKind = Literal["embed", "resid_mid", "resid_post"]
 
-# What the route graph, the lens and the head/neuron tools read.
+# What the route graph, the lens and the head/neuron tools read. Attention patterns are not kept
+# (L x H x T x T floats: 1.1 GB for 1024 tokens on SmolLM2-135M); `TraceView.pattern` recomputes
+# one layer's from the queries and keys (rotated, with RoPE) with the model's own code. q, k and v
+# are views of one projection output, so keeping all three costs no more than keeping v.
 FLOW_SUFFIXES = (
     "hook_resid_mid",
     "hook_resid_post",
-    "attn.hook_pattern",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_rot_q",
+    "attn.hook_rot_k",
     "attn.hook_v",
     "hook_mlp_out",
 )
@@ -126,15 +132,32 @@ class TraceView:
 
     # ---- attention ---------------------------------------------------------------------------
     def pattern(self, layer: int) -> torch.Tensor:
-        """[H, T(query), T(key)] attention probabilities."""
-        return self.get(f"blocks.{layer}.attn.hook_pattern")
+        """[H, T(query), T(key)] attention probabilities: recorded, or recomputed from the
+        rotated queries and keys by the attention module's own pattern code (bit for bit the
+        pattern `run_with_trace` records; traces without an attention mask, as `record`'s)."""
+        attn = f"blocks.{layer}.attn."
+        name = attn + "hook_pattern"
+        rot = "rot_" if attn + "hook_rot_q" in self.trace else ""
+        if name in self.trace or attn + f"hook_{rot}q" not in self.trace:
+            return self.get(name)
+        rows = slice(self.batch, self.batch + 1)
+        q = self.trace[attn + f"hook_{rot}q"][rows].transpose(1, 2)  # [1, H, T, d]
+        k = self.trace[attn + f"hook_{rot}k"][rows].transpose(1, 2)  # [1, K, S, d]
+        rec = TraceRecorder({name})
+        with torch.no_grad():
+            self.block(layer).attn._record_pattern(q, k, None, rec)
+        return rec.store[name][0].detach().float().cpu()
+
+    def values(self, layer: int) -> torch.Tensor:
+        """[T, K, d] value vectors of the K key/value heads."""
+        return self.get(f"blocks.{layer}.attn.hook_v")
 
     def head_vectors(self, layer: int) -> torch.Tensor:
         """[T, H, D]: u[j, h] = v^h_j @ W_O^h, what head h would write from source j at weight 1.
 
         GQA/MQA: query head h reads key/value head h // (H / K).
         """
-        v = self.get(f"blocks.{layer}.attn.hook_v")  # [T, K, d]
+        v = self.values(layer)  # [T, K, d]
         group = self.n_heads // v.shape[1]
         if group > 1:
             v = v.repeat_interleave(group, dim=1)
