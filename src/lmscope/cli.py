@@ -4,6 +4,8 @@ live in `lmscope.commands.<area>` and are registered here."""
 from __future__ import annotations
 
 import os
+import sys
+from typing import Any
 
 import typer
 
@@ -58,8 +60,38 @@ def _register() -> None:
 
     tune.register(app)
 
+    from lmscope.commands import doc
+
+    doc.register(app)
+
+
+def _parser_exceptions() -> Any:
+    """The exception classes of the click that typer runs on (recent typer vendors its own)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # typer on the plain click package
+        from click import exceptions
+    return exceptions
+
 
 def main() -> None:
     prepare_environment()
     _register()
-    app()
+    errors = _parser_exceptions()
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except typer.Exit as err:
+        raise SystemExit(err.exit_code) from None
+    except errors.NoArgsIsHelpError as err:  # `lmscope` alone: the help
+        err.show()
+        raise SystemExit(2) from None
+    except errors.ClickException as err:  # a mistake the argument parser caught: one line
+        hint = ""
+        ctx = getattr(err, "ctx", None)
+        if isinstance(err, errors.UsageError) and ctx is not None:
+            hint = f" (see `{ctx.command_path} --help`)"
+        print(f"error: {err.format_message()}{hint}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

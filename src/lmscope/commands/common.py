@@ -40,6 +40,7 @@ USER_ERROR_CLASSES = (
     ("lmscope.serve.routing", "RoutingError"),
     ("lmscope.serve.feedback", "FeedbackStoreError"),
     ("lmscope.tune.errors", "TuneError"),
+    ("lmscope.document.errors", "DocError"),
 )
 
 

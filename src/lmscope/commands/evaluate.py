@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from lmscope.commands.common import user_errors
+from lmscope.commands.common import UsageError, user_errors
 
 console = Console(stderr=True)
 
@@ -93,6 +93,8 @@ def _evaluate(
 
             lm = ShardedBackend(lm, info)
     if limit is not None:
+        if limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {limit}")
         specs = [s.model_copy(update={"limit": min(limit, s.limit or limit)}) for s in specs]
     if not _is_main_process():
         return run_tasks(lm, specs)

@@ -67,7 +67,7 @@ def generate(
     """Generate text from MODEL, streaming it to the terminal as it is produced."""
     import torch
 
-    from lmscope.engine import GenerationError, SamplingParams, stream
+    from lmscope.engine import GenerationError, PromptTooLongError, SamplingParams, stream
     from lmscope.model.decoding import prepare_for_decoding
     from lmscope.model.quantized import check_quantize_mode
     from lmscope.zoo.registry import load
@@ -76,6 +76,8 @@ def generate(
         if threads < 1:
             raise GenerationError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
+    if seed is not None and seed < 0:
+        raise GenerationError(f"--seed must be 0 or more, got {seed}")
     if quantize is not None:
         check_quantize_mode(quantize, dtype.value)  # before loading anything
     text = sys.stdin.read() if prompt == "-" else prompt
@@ -102,13 +104,19 @@ def generate(
     elif system is not None:
         raise GenerationError("--system needs --chat")
     start = time.perf_counter()
-    deltas = stream(
-        loaded.model,
-        loaded.tokenizer,
-        messages if messages is not None else text,
-        params,
-        truncate="left" if truncate else None,
-    )
+    try:
+        deltas = stream(
+            loaded.model,
+            loaded.tokenizer,
+            messages if messages is not None else text,
+            params,
+            truncate="left" if truncate else None,
+        )
+    except PromptTooLongError as err:
+        raise GenerationError(
+            f"the prompt has {err.prompt_tokens} tokens but the model's context window is "
+            f"{err.limit}; shorten it or pass --truncate to drop its oldest tokens"
+        ) from None
     try:
         for delta in deltas:
             sys.stdout.write(delta)
@@ -122,7 +130,8 @@ def generate(
         elapsed = time.perf_counter() - start
         print(
             f"[{result.prompt_tokens} prompt + {result.completion_tokens} new tokens, "
-            f"finish: {result.finish_reason}, {elapsed:.2f} s, "
+            f"finish: {result.finish_reason}, {elapsed:.2f} s, {torch.get_num_threads()} "
+            f"thread{'' if torch.get_num_threads() == 1 else 's'}, "
             f"{result.completion_tokens / max(elapsed, 1e-9):.1f} tokens/s]",
             file=sys.stderr,
         )

@@ -15,6 +15,8 @@ from lmscope.commands.common import UsageError, fail, user_errors
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """The listening socket, bound before anything is loaded, so a port in use is one line."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0-65535, got {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
