@@ -67,11 +67,12 @@ def _register() -> None:
 
 def _parser_exceptions() -> Any:
     """The exception classes of the click that typer runs on (recent typer vendors its own)."""
+    import importlib
+
     try:
-        from typer._click import exceptions
+        return importlib.import_module("typer._click.exceptions")
     except ImportError:  # typer on the plain click package
-        from click import exceptions
-    return exceptions
+        return importlib.import_module("click.exceptions")
 
 
 def main() -> None:
