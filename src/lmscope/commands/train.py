@@ -22,6 +22,9 @@ def train(
     ),
     resume_from: Path | None = typer.Option(None, help="Continue from this step checkpoint."),
     print_config: bool = typer.Option(False, help="Print the resolved config and exit."),
+    card: bool = typer.Option(
+        True, help="Write a model card (template sentences, every number a fact) beside the model."
+    ),
 ) -> None:
     """Train a model from scratch, or fine-tune a pretrained one (init_from), from a config.
 
@@ -37,9 +40,32 @@ def train(
         resume=resume,
         resume_from=resume_from,
         print_config=print_config,
+        after_training=write_model_card if card else None,
     )
     if code:
         raise typer.Exit(code=code)
+
+
+def write_model_card(result: object) -> None:
+    """The final model's card in MODEL_DIR/card (see `lmscope doc`); a failure is a warning,
+    never a lost training run."""
+    import sys
+
+    model_dir = getattr(result, "model_dir", None)
+    if model_dir is None:  # a LoRA adapter without a merged model: `lmscope doc` documents it
+        return
+    from lmscope.document.output import write_card
+
+    try:
+        out = write_card(model_dir)
+    except Exception as err:  # the model is saved; the card is a convenience
+        print(
+            f"warning: no model card written ({type(err).__name__}: {err}); "
+            f"run `lmscope doc {model_dir}`",
+            file=sys.stderr,
+        )
+        return
+    print(f"model card: {out}", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 INTERRUPTED_EXIT = 130  # the shell's code for "stopped by SIGINT"
 
@@ -23,9 +25,11 @@ def run_config(
     resume_from: Path | None = None,
     print_config: bool = False,
     command: str = "lmscope train",
+    after_training: Callable[[Any], None] | None = None,
 ) -> int:
     """Train (or print the resolved config); return the process exit code. `command` is how
-    the user started us, for the resume hint."""
+    the user started us, for the resume hint; `after_training(result)` runs on the main process
+    once a run has finished (not when interrupted), e.g. to document the model."""
     import yaml
 
     from lmscope.train.config import load_config
@@ -59,6 +63,8 @@ def run_config(
             file=sys.stderr,
         )
         return INTERRUPTED_EXIT
+    if after_training is not None:
+        after_training(result)
     parts = [f"trained to step {final['step']} ({final['stopped']})"]
     for name in ("val", "test"):
         loss = final.get(f"{name}_loss")

@@ -6,6 +6,7 @@ import { renderTokens } from "./tokens.js";
 import { generator } from "./generation.js";
 import { experimentsTab } from "./experiments.js";
 import { biasTab } from "./bias.js";
+import { cardTab } from "./card.js";
 import { overviewPanel, edgePanel, headView, neuronPanel, lensPanel } from "./panels.js";
 
 const EXAMPLES = [
@@ -241,6 +242,7 @@ function onRenormalise() {
 }
 
 // ---- inspector ----------------------------------------------------------------------------------
+const refreshCard = cardTab($("panel-card"));
 const refreshExperiments = experimentsTab($("panel-experiments"), () => !$("panel-experiments").hidden);
 
 const openBias = biasTab($("panel-bias"), { model: () => $("model-select").value || undefined, showError });
@@ -250,6 +252,7 @@ function showTab(name) {
   for (const panel of document.querySelectorAll(".inspector [role=tabpanel]")) panel.hidden = panel.id !== `panel-${name}`;
   if (name === "experiments") refreshExperiments();
   if (name === "bias") openBias();
+  if (name === "card") refreshCard($("model-select").value);
 }
 
 function showOverview() {
