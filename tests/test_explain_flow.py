@@ -46,13 +46,18 @@ def test_decompositions_sum_to_the_whole(setup) -> None:  # type: ignore[no-unty
 
 
 def test_trace_stream_identities(setup) -> None:  # type: ignore[no-untyped-def]
-    """resid_post = resid_mid + mlp_out for sequential and parallel blocks alike, and the
+    """resid_post = resid_mid + mlp_out for sequential and parallel blocks alike (so `record`
+    need not keep resid_post: TraceView's sum is the recorded one bit for bit), and the
     parallel MLP reads resid_pre (stated decomposition)."""
-    _, model, _, view = setup
+    _, model, trace, view = setup
+    assert not [n for n in trace.activations if n.endswith("hook_resid_post")]
+    full = TraceView(model, model.run_with_trace(tokens(T)[None], names=lambda n: True))
     for layer in range(model.cfg.n_layers):
+        recorded = full.get(f"blocks.{layer}.hook_resid_post")
         torch.testing.assert_close(
-            view.resid_mid(layer) + view.mlp_out(layer), view.resid_post(layer), atol=1e-5, rtol=0
+            full.resid_mid(layer) + full.mlp_out(layer), recorded, atol=1e-5, rtol=0
         )
+        assert torch.equal(view.resid_post(layer), recorded)
     if model.cfg.parallel_attn_mlp:
         block = model.blocks[0]
         with torch.no_grad():
@@ -113,7 +118,8 @@ def _brute_force(model, trace, norm: str, mlp_bias: str = "in_mlp"):  # type: ig
         pre = (
             acts["blocks.0.hook_resid_pre"]
             if layer == 0
-            else acts[f"blocks.{layer - 1}.hook_resid_post"]
+            else acts[f"blocks.{layer - 1}.hook_resid_mid"]
+            + acts[f"blocks.{layer - 1}.hook_mlp_out"]
         )
         mid = acts[f"blocks.{layer}.hook_resid_mid"]
         pattern = _pattern_float64(acts, layer, cfg)
@@ -137,8 +143,8 @@ def _brute_force(model, trace, norm: str, mlp_bias: str = "in_mlp"):  # type: ig
         mlp = model.blocks[layer].mlp
         bo = mlp.fc_out.bias
         bo = bo.detach().double() if bo is not None and mlp_bias == "separate" else None
-        post = acts[f"blocks.{layer}.hook_resid_post"]
         out = acts[f"blocks.{layer}.hook_mlp_out"]
+        post = mid + out  # the block's resid_post
         for i in range(T):
             y = post[i]
             m = out[i] - bo if bo is not None else out[i]
@@ -237,18 +243,20 @@ def test_fast_kernel_equals_the_old_one_on_every_family(setup) -> None:  # type:
 
 
 def test_recomputed_patterns_are_the_recorded_ones(setup) -> None:  # type: ignore[no-untyped-def]
-    """`record` keeps q and k, not the patterns; TraceView recomputes them bit for bit, for every
-    row of a batch too."""
+    """`record` keeps q and k, not the patterns (nor the MLP hidden activations); TraceView
+    recomputes them bit for bit, for every row of a batch too."""
     _, model, trace, _ = setup
     assert not [n for n in trace.activations if n.endswith("hook_pattern")]
     ids = torch.stack([tokens(T), tokens(T, seed=2)])
     full = model.run_with_trace(ids, names=lambda n: True)
-    lean = model.run_with_trace(ids, names=lambda n: not n.endswith("hook_pattern"))
+    lean = model.run_with_trace(ids, names=lambda n: not n.endswith(("hook_pattern", "hook_post")))
     for row in (0, 1):
         for layer in range(model.cfg.n_layers):
             recorded = full[f"blocks.{layer}.attn.hook_pattern"][row]
             assert torch.equal(TraceView(model, lean, row).pattern(layer), recorded)
             assert torch.equal(TraceView(model, full, row).pattern(layer), recorded)
+            hidden = full[f"blocks.{layer}.mlp.hook_post"][row]  # neither kept by `record`
+            assert torch.equal(TraceView(model, lean, row).mlp_hidden(layer), hidden)
 
 
 @pytest.mark.parametrize("mlp_bias", ["in_mlp", "separate"])

@@ -24,10 +24,10 @@ ResidKind = Literal["embed", "resid_mid", "resid_post"]
 # What the route graph, the lens and the head/neuron tools read. Attention patterns are not kept
 # (L x H x T x T floats: 1.1 GB for 1024 tokens on SmolLM2-135M); `TraceView.pattern` recomputes
 # one layer's from the queries and keys (rotated, with RoPE) with the model's own code. q, k and v
-# are views of one projection output, so keeping all three costs no more than keeping v.
+# are views of one projection output, so keeping all three costs no more than keeping v. Nor is
+# resid_post kept: the block computes it as resid_mid + mlp_out, and so does `TraceView`.
 FLOW_SUFFIXES = (
     "hook_resid_mid",
-    "hook_resid_post",
     "attn.hook_q",
     "attn.hook_k",
     "attn.hook_rot_q",
@@ -66,13 +66,14 @@ def record(
     model: Transformer,
     tokens: torch.Tensor | Sequence[int],
     *,
-    neurons: bool = True,
+    neurons: bool = False,
     should_stop: ShouldStop | None = None,
 ) -> Trace:
     """Run the trace path on one sequence, keeping what the explainers need.
 
-    neurons: also keep the MLP hidden activations (`mlp.hook_post`, needed for neuron
-    attribution); leave it off to save memory on long prompts.
+    neurons: also keep the MLP hidden activations (`mlp.hook_post`); without them (the default,
+    189 MB for 1024 tokens on SmolLM2-135M) `TraceView.mlp_hidden` recomputes a layer's on
+    demand, one MLP pass.
     should_stop: checked once before the forward pass (see `lmscope.explain.budget`).
     """
     t = to_tokens(tokens).to(model.device)
@@ -117,7 +118,14 @@ class TraceView:
         return self.get(f"blocks.{layer}.hook_resid_mid")
 
     def resid_post(self, layer: int) -> torch.Tensor:
-        return self.get(f"blocks.{layer}.hook_resid_post")
+        """[T, D] residual after the block: recorded, or resid_mid + mlp_out (the block's own sum,
+        in the trace's dtype, so bit for bit the same)."""
+        name = f"blocks.{layer}.hook_resid_post"
+        mid, out = f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.hook_mlp_out"
+        if name in self.trace or mid not in self.trace or out not in self.trace:
+            return self.get(name)
+        total = self.trace[mid][self.batch] + self.trace[out][self.batch]
+        return total.detach().float().cpu()
 
     def residual(self, kind: ResidKind, layer: int) -> torch.Tensor:
         if kind == "embed":
@@ -143,10 +151,17 @@ class TraceView:
         rows = slice(self.batch, self.batch + 1)
         q = self.trace[attn + f"hook_{rot}q"][rows].transpose(1, 2)  # [1, H, T, d]
         k = self.trace[attn + f"hook_{rot}k"][rows].transpose(1, 2)  # [1, K, S, d]
-        rec = TraceRecorder({name})
-        with torch.no_grad():
-            self.block(layer).attn._record_pattern(q, k, None, rec)
-        return rec.store[name][0].detach().float().cpu()
+        n_kv = k.shape[1]
+        group = q.shape[1] // n_kv
+        out = torch.empty(q.shape[1], q.shape[2], k.shape[2])
+        # One key/value head (and its query heads) at a time: a third of the peak memory.
+        for g in range(n_kv):
+            rec = TraceRecorder({name})
+            heads = slice(g * group, (g + 1) * group)
+            with torch.no_grad():
+                self.block(layer).attn._record_pattern(q[:, heads], k[:, g : g + 1], None, rec)
+            out[heads] = rec.store.pop(name)[0]
+        return out
 
     def values(self, layer: int) -> torch.Tensor:
         """[T, K, d] value vectors of the K key/value heads."""
@@ -183,8 +198,24 @@ class TraceView:
         return self.get(f"blocks.{layer}.hook_mlp_out")
 
     def mlp_hidden(self, layer: int) -> torch.Tensor:
-        """[T, M] hidden activations a_k (the input of W_out)."""
-        return self.get(f"blocks.{layer}.mlp.hook_post")
+        """[T, M] hidden activations a_k (the input of W_out): recorded, or recomputed by the
+        block's own norm and MLP from the residual it read (bit for bit the recorded ones)."""
+        name = f"blocks.{layer}.mlp.hook_post"
+        mid = f"blocks.{layer}.hook_resid_mid"
+        if name in self.trace or mid not in self.trace:
+            return self.get(name)
+        block = self.block(layer)  # the whole batch, as in the forward: same matmul shapes
+        if not self.parallel:
+            x = self.trace[mid]
+        elif layer == 0:
+            x = self.trace["blocks.0.hook_resid_pre"]
+        else:  # resid_pre = the previous block's resid_mid + mlp_out, as the block summed it
+            prev = f"blocks.{layer - 1}."
+            x = self.trace[prev + "hook_resid_mid"] + self.trace[prev + "hook_mlp_out"]
+        rec = TraceRecorder({name})
+        with torch.no_grad():
+            block.mlp(block.ln2(x), rec)
+        return rec.store[name][self.batch].detach().float().cpu()
 
     def mlp_weight(self, layer: int) -> torch.Tensor:
         """[M, D]."""
