@@ -34,7 +34,7 @@ from lmscope.model.transformer import Transformer
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 20
 # Widths (coordinates of the smallest |y|) a part is evaluated on elementwise; then all of D.
-BUCKET_WIDTHS = (4, 8, 16, 32, 64, 128, 256)
+BUCKET_WIDTHS = (4, 16, 64, 192)
 # Per-head importances above this many bytes are kept in float16 (documented in docs/explain.md).
 HEAD_FLOAT32_LIMIT = 256 << 20
 MlpBias = Literal["in_mlp", "separate"]
