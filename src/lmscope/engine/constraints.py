@@ -176,6 +176,9 @@ class GrammarProcessor:
         self._n = tokenizer_vocab
         self._words = np.zeros((tokenizer_vocab + 31) // 32, dtype=np.int32)
         self._eos = [int(t) for t in eos_token_ids]
+        # Set when the grammar allowed nothing (a schema no finite value satisfies, such as a
+        # required property that is the schema itself): the sequence was ended without a match.
+        self.dead_end = False
 
     @property
     def accepting(self) -> bool:
@@ -209,6 +212,7 @@ class GrammarProcessor:
             if vocab > self._n:
                 bits[self._n :] = False  # ids the tokenizer does not have
         if not bits.any():
+            self.dead_end = True
             for token in self._eos:
                 if token < vocab:
                     bits[token] = True

@@ -109,6 +109,20 @@ def _renderer(plan: Any) -> Any:
     return render
 
 
+def check_grammar_ended(jobs: list[Job]) -> None:
+    """A 400 when a response_format grammar had no way to continue (its schema admits no finite
+    JSON value): the text it ended is not valid, so it is not returned as an answer."""
+    for job in jobs:
+        if any(getattr(p, "dead_end", False) for p in job.params.logits_processors):
+            raise APIError(
+                400,
+                "the response_format schema admits no finite JSON value (for example a required "
+                "property that is the schema itself); make that property optional",
+                param="response_format",
+                code="invalid_value",
+            )
+
+
 class OpenAIServingChat(OpenAIServing[ChatCompletionRequest]):
     """Serves one chat completion request; `create` answers it."""
 
@@ -201,6 +215,7 @@ class OpenAIServingChat(OpenAIServing[ChatCompletionRequest]):
                     yield self._chunk(served, choice, delta, event.finish_reason, logprobs)
         finally:
             note(self.request, served, prompt_tokens, sum(counts))
+        check_grammar_ended(jobs)  # raised into the stream as an error event
         if body.include_usage():
             yield ChatCompletionChunk(
                 **self.head(served), choices=[], usage=Usage.of(prompt_tokens, sum(counts))
@@ -212,6 +227,7 @@ class OpenAIServingChat(OpenAIServing[ChatCompletionRequest]):
         body = self.body
         prompt_tokens = len(jobs[0].prompt)
         got = await self.gather(served, jobs, prompt_tokens)
+        check_grammar_ended(jobs)
         choices = []
         for c in range(len(jobs)):
             text, reason = got.text(c), got.reasons[c]
