@@ -174,6 +174,7 @@ def test_compare_pairs_items_and_notes_different_tokenizers(tokenizer, task_file
         ("name: x\nkind: qa\nitems: [{prompt: p}]\n", "no text in field 'reference'"),
         ("name: x\nkind: perplexity\ndata: missing.txt\n", "does not exist"),
         ("name: x\nkind: qa\nbogus: 1\nitems: []\n", "bogus"),
+        ("out_dir: runs/tiny\nmodel: {d_model: 128}\n", "is not a task file"),
     ],
 )
 def test_bad_task_files_give_one_clear_line(tmp_path: Path, text: str, message: str) -> None:

@@ -195,6 +195,11 @@ def load_tasks(path: str | Path) -> list[TaskSpec]:
     entries = raw.get("tasks", [raw]) if isinstance(raw, dict) else raw
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise EvalError(f"task file {path}: expected a mapping or `tasks:` with a list of mappings")
+    if not any("kind" in entry for entry in entries):
+        raise EvalError(
+            f"{path} is not a task file (no task has a `kind:`); see examples/tasks/ for the "
+            "format, or give a .txt file for its perplexity"
+        )
     specs = []
     for entry in entries:
         try:
