@@ -231,15 +231,19 @@ def build_routes(
             + flow.mlp_resid[layer] * keep_res
             + flow.mlp_bias[layer] * keep_bias,
         )
+        # Python lists: indexing a tensor element by element costs microseconds per call.
+        scales, biases = scale.tolist(), flow.mlp_bias[layer].tolist()
+        res_w, mlp_w = flow.mlp_resid[layer].tolist(), flow.mlp[layer].tolist()
+        kept_res, kept_mlp = keep_res.tolist(), keep_mlp.tolist()
         for pos in post_active.nonzero().flatten().tolist():
-            s = float(scale[pos])
-            post_id = add_node("resid_post", layer, pos, float(flow.mlp_bias[layer, pos]))
-            if keep_res[pos]:
-                w = float(flow.mlp_resid[layer, pos])
+            s = scales[pos]
+            post_id = add_node("resid_post", layer, pos, biases[pos])
+            if kept_res[pos]:
+                w = res_w[pos]
                 mid_id = add_node("resid_mid", layer, pos)
                 graph.edges.append(RouteEdge(mid_id, post_id, "residual", layer, w * s, w))
-            if keep_mlp[pos]:
-                w = float(flow.mlp[layer, pos])
+            if kept_mlp[pos]:
+                w = mlp_w[pos]
                 mlp_id = add_node("mlp", layer, pos)
                 src = (
                     resid_pre_id(layer, pos) if flow.parallel else add_node("resid_mid", layer, pos)
@@ -256,15 +260,15 @@ def build_routes(
         keep_bias = mid_active & (flow.attn_bias[layer] > tau)
         kept_sum = (edges_w * keep_attn).sum(1) + flow.attn_resid[layer] * keep_res
         scale = _scales(renormalise, kept_sum + flow.attn_bias[layer] * keep_bias)
+        scales, biases = scale.tolist(), flow.attn_bias[layer].tolist()
+        res_w, kept_res = flow.attn_resid[layer].tolist(), keep_res.tolist()
         for pos in mid_active.nonzero().flatten().tolist():
             mid_id = add_node("resid_mid", layer, pos)
-            nodes[mid_id].bias = float(flow.attn_bias[layer, pos])
-            if keep_res[pos]:
-                w = float(flow.attn_resid[layer, pos])
+            nodes[mid_id].bias = biases[pos]
+            if kept_res[pos]:
+                w = res_w[pos]
                 src = resid_pre_id(layer, pos)
-                graph.edges.append(
-                    RouteEdge(src, mid_id, "residual", layer, w * float(scale[pos]), w)
-                )
+                graph.edges.append(RouteEdge(src, mid_id, "residual", layer, w * scales[pos], w))
         pairs = keep_attn.nonzero()
         tgts, srcs = pairs[:, 0], pairs[:, 1]
         raw = edges_w[tgts, srcs]
