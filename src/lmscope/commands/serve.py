@@ -7,10 +7,14 @@ import logging
 import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
 from lmscope.commands.common import UsageError, fail, user_errors
+
+if TYPE_CHECKING:
+    from lmscope.serve.drift import DriftSettings
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -90,6 +94,12 @@ def serve(
         help="int8: weights quantized once at load (float32 on the CPU; about 3x faster "
         "decoding, bits per byte within 1%); explanations use the dequantised int8 weights.",
     ),
+    drift_reference: str | None = typer.Option(
+        None,
+        help="Monitor drift against this calibration text (one sample per line) or prepared "
+        "data directory: GET /v1/drift and lmscope:drift_* in /metrics.",
+    ),
+    drift_window: int = typer.Option(200, help="Requests per drift window."),
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API, with explanations and the web explorer."""
     import torch
@@ -136,6 +146,8 @@ def serve(
     )
     if prefill_chunk is not None:
         settings.prefill_chunk = prefill_chunk
+    if drift_reference is not None:
+        settings.drift = drift_settings(drift_reference, drift_window)
     if threads is not None:
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -165,6 +177,25 @@ def serve(
     if failure:
         sys.stdout.flush()
         raise fail(f"could not load the model: {failure[0]}")
+
+
+def drift_settings(reference: str, window: int) -> DriftSettings:
+    """--drift-reference/--drift-window as settings (at least half a window before a flag)."""
+    from pathlib import Path
+
+    from lmscope.serve.drift import DriftSettings
+
+    if not Path(reference).exists():
+        raise UsageError(
+            f"--drift-reference {reference} does not exist; give a text file (one sample per "
+            "line) or a directory made by `lmscope data prepare`"
+        )
+    settings = DriftSettings(reference, window=window, min_samples=min(30, max(1, window // 2)))
+    try:
+        settings.check()
+    except ValueError as err:
+        raise UsageError(f"--drift-window: {err}") from None
+    return settings
 
 
 def register(app: typer.Typer) -> None:

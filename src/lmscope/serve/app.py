@@ -14,7 +14,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
-from lmscope.serve import card_routes, explain_routes, feedback_routes, openai
+from lmscope.serve import card_routes, drift_routes, explain_routes, feedback_routes, openai
 from lmscope.serve.errors import install_error_handlers
 from lmscope.serve.metrics import ServerMetrics
 from lmscope.serve.middleware import AccessLog, LimitsAndAuth
@@ -70,6 +70,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(explain_routes.router)  # an import error here must stop the server
+    drift_routes.register(app, state)
     app.include_router(feedback_routes.router)
     app.include_router(card_routes.router)
     install_openapi(app)

@@ -14,6 +14,7 @@ import torch
 from lmscope.engine import PREFILL_CHUNK, Engine
 from lmscope.model.decoding import prepare_for_decoding
 from lmscope.model.quantized import adopt_served_weights
+from lmscope.serve.drift import DriftHub, DriftSettings
 from lmscope.serve.errors import APIError
 from lmscope.serve.experiments import Experiments, parse_shadows
 from lmscope.serve.metrics import ServerMetrics
@@ -41,6 +42,7 @@ class ServeSettings:
     prepack: bool = True  # optimize_for_decoding: faster CPU decoding, one more weight copy
     quantize: str | None = None  # "int8": weights quantized at load (lmscope.model.quantized)
     prefill_chunk: int = PREFILL_CHUNK
+    drift: DriftSettings | None = None  # drift monitoring (serve/drift.py); off by default
     # Online A/B: where answers and feedback are stored (default: a SQLite file in the cache
     # when there are --route aliases), and which version shadows which alias.
     device: str = "cpu"  # cpu or cuda (cuda:N)
@@ -82,6 +84,7 @@ class ServerState:
         self.ready = threading.Event()
         self.load_error: str | None = None  # for the log and the CLI, never sent to clients
         self.on_load_error = on_load_error
+        self.drift = DriftHub(settings.drift) if settings.drift is not None else None
 
     def load_all(self) -> None:
         """Load every model and start its engine (runs on a background thread)."""
@@ -109,6 +112,9 @@ class ServerState:
                     weights = "int8 (dequantized)"
                 if loaded.tokenizer is None:
                     raise ValueError(f"model {spec.id} has no tokenizer; the server needs one")
+                monitor = None
+                if self.drift is not None:  # scores the reference with the model
+                    monitor = self.drift.attach(spec.id, loaded.model, loaded.tokenizer)
                 engine = Engine(
                     loaded.model,
                     loaded.tokenizer,
@@ -118,6 +124,7 @@ class ServerState:
                     max_queue=self.settings.max_queue,
                     max_seq_len=self.settings.max_seq_len,
                     prefill_chunk=self.settings.prefill_chunk,
+                    monitor=monitor,
                 )
                 engine.start()
                 self.models[spec.id] = ServedModel(
