@@ -64,6 +64,11 @@ def _register() -> None:
 
     doc.register(app)
 
+    from lmscope.commands import drift, export
+
+    drift.register(app)
+    export.register(app)
+
 
 def _parser_exceptions() -> Any:
     """The exception classes of the click that typer runs on (recent typer vendors its own)."""
