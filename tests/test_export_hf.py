@@ -123,7 +123,7 @@ def test_cli_exports_a_checkpoint_with_its_tokenizer_and_card(
     again = CliRunner().invoke(cli(), ["export", str(checkpoint), "--out", str(out)])
     assert again.exit_code == 2 and "--overwrite" in again.output
     gguf = CliRunner().invoke(
-        cli(), ["export", str(checkpoint), "-f", "gguf", "--out", str(tmp_path / "g")]
+        cli(), ["export", str(checkpoint), "-f", "onnx", "--out", str(tmp_path / "g")]
     )
     assert gguf.exit_code == 2 and "supported: hf" in gguf.output
 
