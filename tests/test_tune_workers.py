@@ -21,7 +21,7 @@ from lmscope.tune.report import load_study
 from lmscope.tune.run import run_search
 from lmscope.tune.storage import default_url
 from pg_support import PostgresUnavailable, postgres_server
-from test_tune import SPACE, base_config, data_dir, one_thread  # noqa: F401 (fixtures)
+from test_tune import SPACE, base_config, data_dir  # noqa: F401 (fixtures)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
