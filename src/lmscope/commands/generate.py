@@ -115,7 +115,7 @@ def generate(
     except PromptTooLongError as err:
         raise GenerationError(
             f"the prompt has {err.prompt_tokens} tokens but the model's context window is "
-            f"{err.limit}; shorten it or pass --truncate to drop its oldest tokens"
+            f"{err.limit} tokens; shorten it or pass --truncate to drop its oldest tokens"
         ) from None
     try:
         for delta in deltas:
