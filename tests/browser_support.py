@@ -43,6 +43,24 @@ def playwright_or_skip() -> Any:
     return api
 
 
+def explorer_page(
+    browser: Any, base: str, height: int = 1000, timeout_ms: int = 20_000
+) -> Iterator[Any]:
+    """The explorer open and connected in a fresh browser context; fails the test if the page
+    raised a JavaScript error meanwhile (use as the body of a `page` fixture)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1600, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(timeout_ms)
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(base + "/")
+    page.wait_for_selector("#status.status-ok")
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
 def launch(api: Any) -> Iterator[Any]:
     with api.sync_playwright() as p:
         instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from browser_support import ARTIFACTS, launch, playwright_or_skip
+from browser_support import ARTIFACTS, explorer_page, launch, playwright_or_skip
 from lmscope.explain import explain, route_faithfulness
 from lmscope.explain.bias import run_probes
 from lmscope.explain.bias_probes import parse_probe
@@ -49,17 +49,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, server: str) -> Iterator[Any]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1600, "height": 1100})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(server + "/")
-    page.wait_for_selector("#status.status-ok")
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    yield from explorer_page(browser, server, height=1100, timeout_ms=60_000)
 
 
 def formatted(page: Any, values: list[float]) -> list[str]:

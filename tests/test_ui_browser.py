@@ -17,6 +17,7 @@ from browser_support import (
     assert_inside_card,
     check_scroll_and_fit,
     click_graph,
+    explorer_page,
     launch,
     playwright_or_skip,
 )
@@ -38,17 +39,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, server: str) -> Iterator[Any]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1600, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(server + "/")
-    page.wait_for_selector("#status.status-ok")
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    yield from explorer_page(browser, server, height=1000, timeout_ms=20_000)
 
 
 def set_tau(page: Any, value: float) -> None:
