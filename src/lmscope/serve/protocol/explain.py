@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from lmscope.explain.errors import ThresholdError, check_tau
+from lmscope.serve.protocol.chat import ChatMessage
 from lmscope.serve.protocol.common import (
     FieldError,
     NonEmptyText,
@@ -37,7 +38,6 @@ from lmscope.serve.protocol.common import (
     given,
     json_numbers,
 )
-from lmscope.serve.protocol.openai import ChatMessage
 from lmscope.serve.protocol.sampling import TokenIds
 
 JsonObject = dict[str, Any]

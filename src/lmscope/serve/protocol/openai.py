@@ -1,10 +1,6 @@
-"""The OpenAI subset lmscope serves, typed: completions (`completions`), chat completions
-(`chat`, with `tools` for structured output), the options they share (`sampling`), and the
-model list (here).
-
-Every request converts itself to the engine's `SamplingParams` (`to_sampling_params`); every
-response and every stream chunk is a model, so routes never build raw dicts.
-"""
+"""The model list of the OpenAI subset lmscope serves. Completions live in `completions`, chat
+completions in `chat` (with `tools` for structured output), the options they share in
+`sampling`; the package re-exports them all."""
 
 from __future__ import annotations
 
@@ -12,55 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from lmscope.serve.protocol.chat import (
-    AssistantMessage,
-    ChatChoice,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    ChatLogprobs,
-    ChatMessage,
-    ChatStreamChoice,
-    ChatTokenLogprob,
-    DeltaMessage,
-    TextPart,
-    TopLogprob,
-)
 from lmscope.serve.protocol.common import now
-from lmscope.serve.protocol.completions import (
-    CompletionChoice,
-    CompletionChunk,
-    CompletionLogprobs,
-    CompletionRequest,
-    CompletionResponse,
-)
-from lmscope.serve.protocol.sampling import SamplingRequest, StreamOptions
-from lmscope.serve.protocol.tools import ResponseFormat
-
-__all__ = [
-    "AssistantMessage",
-    "ChatChoice",
-    "ChatCompletionChunk",
-    "ChatCompletionRequest",
-    "ChatCompletionResponse",
-    "ChatLogprobs",
-    "ChatMessage",
-    "ChatStreamChoice",
-    "ChatTokenLogprob",
-    "CompletionChoice",
-    "CompletionChunk",
-    "CompletionLogprobs",
-    "CompletionRequest",
-    "CompletionResponse",
-    "DeltaMessage",
-    "ModelCard",
-    "ModelList",
-    "ResponseFormat",
-    "SamplingRequest",
-    "StreamOptions",
-    "TextPart",
-    "TopLogprob",
-]
 
 
 class ModelCard(BaseModel):
