@@ -4,6 +4,7 @@ lmscope doc MODEL --out DIR           README.md, card.html, facts.json, card.jso
 lmscope doc facts MODEL --out F.json  the facts alone
 lmscope doc diff OLD NEW              what changed between two models
 lmscope doc history DIR               the checkpoints of a directory, in order
+  (both: --circuits PROMPTS.txt adds which heads and neurons gained or lost importance)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from lmscope.commands.common import fail, user_errors
+from lmscope.document.circuits import DEFAULT_TOP
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,6 +82,15 @@ _CODE = typer.Option(
     False, "--allow-code", help="Allow MODEL to be `package.module:factory` (imports that code)."
 )
 _INPUT = typer.Option(None, help="Input shape for a PyTorch module's forward, e.g. 1,3,224,224.")
+_CIRCUITS = typer.Option(
+    None,
+    "--circuits",
+    help="Prompt file (one a line): also list the heads and neurons that gained or lost "
+    "importance on it (aggregate results stored in a checkpoint are reused).",
+)
+_TOP = typer.Option(
+    DEFAULT_TOP, "--circuit-top", help="Components listed per direction with --circuits."
+)
 
 
 @doc_app.command("card")
@@ -139,11 +150,13 @@ def diff(
     new: str = typer.Argument(..., help="The later model."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the diff as JSON."),
     probe: bool = _PROBE,
+    circuits: Path | None = _CIRCUITS,
+    top: int = _TOP,
 ) -> None:
     """What changed between two models: architecture, data, hyperparameters, metrics, heads."""
     from lmscope.document.diff import diff_models
 
-    result = diff_models(old, new, probe=probe)
+    result = diff_models(old, new, probe=probe, circuits=circuits, top=top)
     print(result["text"])
     if out is not None:
         from lmscope.document.output import write_facts
@@ -156,11 +169,19 @@ def diff(
 def history(
     directory: Path = typer.Argument(..., help="A directory of checkpoints (or training run)."),
     probe: bool = typer.Option(False, "--probe/--no-probe", help="Compare heads too (slower)."),
+    circuits: Path | None = _CIRCUITS,
+    top: int = _TOP,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the history as JSON."),
 ) -> None:
     """Walk the checkpoints of a directory in step order and narrate each change."""
-    from lmscope.document.diff import history_text
+    from lmscope.document.diff import history as build_history
 
-    print(history_text(directory, probe=probe))
+    result = build_history(directory, probe=probe, circuits=circuits, top=top)
+    print(result["text"])
+    if out is not None:
+        from lmscope.document.output import write_facts
+
+        write_facts(result, out)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,5 @@
-"""`lmscope doc diff` and `lmscope doc history`: what changed between models, from their facts.
+"""`lmscope doc diff` and `lmscope doc history`: what changed between models, from their facts
+(and, with a prompt file, which heads and neurons gained or lost importance: `circuits.py`).
 
 The narration is template sentences over computed differences (every number in it is a fact
 value or a difference of two), so it needs no writer.
@@ -12,6 +13,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lmscope.document.circuits import (
+    DEFAULT_TOP,
+    check_top,
+    circuit_lines,
+    compare,
+    incomparable,
+    read_prompts,
+    version_stats,
+)
 from lmscope.document.errors import DocError
 from lmscope.document.templates import num
 
@@ -123,8 +133,23 @@ def diff_facts(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             "heads": heads, "text": "\n".join(lines)}  # fmt: skip
 
 
-def diff_models(old: str, new: str, probe: bool = True) -> dict[str, Any]:
-    return diff_facts(load_facts(old, probe), load_facts(new, probe))
+def diff_models(
+    old: str,
+    new: str,
+    probe: bool = True,
+    circuits: Path | None = None,
+    top: int = DEFAULT_TOP,
+) -> dict[str, Any]:
+    """The facts diff of two models; with `circuits` (a prompt file) also which heads and
+    neurons gained or lost importance on those prompts (`document.circuits`)."""
+    prompts = read_prompts(circuits) if circuits is not None else None
+    check_top(top)
+    result = diff_facts(load_facts(old, probe), load_facts(new, probe))
+    if prompts is not None:
+        facts = compare(version_stats(old, prompts), version_stats(new, prompts), prompts, top)
+        result["circuits"] = facts
+        result["text"] += "\n" + "\n".join(circuit_lines(facts))
+    return result
 
 
 def _step(path: Path) -> float:
@@ -153,11 +178,37 @@ def checkpoints_in(directory: Path) -> list[Path]:
     return dirs
 
 
-def history_text(directory: Path, probe: bool = False) -> str:
+def history(
+    directory: Path, probe: bool = False, circuits: Path | None = None, top: int = DEFAULT_TOP
+) -> dict[str, Any]:
+    """The checkpoints under `directory` in step order and each step's diff (facts and text);
+    with `circuits`, each step's circuit changes too (checkpoints of another head layout than
+    their predecessor get a reason instead)."""
+    prompts = read_prompts(circuits) if circuits is not None else None
+    check_top(top)
     dirs = checkpoints_in(Path(directory))
     facts = [load_facts(str(d), probe) for d in dirs]
+    stats = [version_stats(str(d), prompts) for d in dirs] if prompts is not None else []
     lines = [f"{len(dirs)} checkpoint(s) under {directory}, in step order:"]
-    lines += [f"  {i + 1}. {d}" for i, d in enumerate(dirs)]
-    for old, new in itertools.pairwise(facts):
-        lines += ["", diff_facts(old, new)["text"]]
-    return "\n".join(lines)
+    lines += [f"  {i + 1}. {d}" + (f" (circuits: {stats[i].origin})" if stats else "")
+              for i, d in enumerate(dirs)]  # fmt: skip
+    steps = []
+    for i, (old, new) in enumerate(itertools.pairwise(facts)):
+        step = diff_facts(old, new)
+        lines += ["", step["text"]]
+        if prompts is not None:
+            reason = incomparable(stats[i], stats[i + 1])
+            step["circuits"] = (
+                {"old": stats[i].label, "new": stats[i + 1].label, "unavailable": reason}
+                if reason
+                else compare(stats[i], stats[i + 1], prompts, top)
+            )
+            lines += circuit_lines(step["circuits"])
+        steps.append(step)
+    return {"checkpoints": [str(d) for d in dirs], "steps": steps, "text": "\n".join(lines)}
+
+
+def history_text(
+    directory: Path, probe: bool = False, circuits: Path | None = None, top: int = DEFAULT_TOP
+) -> str:
+    return str(history(directory, probe, circuits, top)["text"])

@@ -4,6 +4,7 @@ and its fine-tune, two checkpoints), from their `aggregate` results on the same 
 `head_delta` = other's mean head importance - base's; `gained` and `lost` rank the largest
 changes either way, with each head's mean in both models and its change of on-route frequency.
 `heatmap_svg` draws [L, H] deltas (blue lost, red gained); `to_html` is a self-contained page.
+`stats_from_dict` reads a saved `aggregate` result back, so stored results can be diffed.
 """
 
 from __future__ import annotations
@@ -119,6 +120,39 @@ def circuit_diff(base: ComponentStats, other: ComponentStats, k: int = 10) -> Ci
         gained,
         lost,
         {"n_prompts": base.n_prompts, "tau": base.tau},
+    )
+
+
+def stats_from_dict(data: Any) -> ComponentStats:
+    """An `aggregate` result read back from its JSON (`ComponentStats.to_dict`, as `lmscope
+    explain aggregate --out` writes it). The sums are rebuilt from the stored means, spreads
+    and on-route frequencies (7 decimals); neurons only where `neuron_mean` and `neuron_std`
+    were stored too (the plain result keeps the top neurons alone)."""
+    try:
+        n, tau = int(data["n_prompts"]), float(data["tau"])
+        mean, std, freq = (
+            torch.tensor(data[k], dtype=torch.float64)
+            for k in ("head_mean", "head_std", "route_frequency")
+        )
+        n_mean = torch.tensor(data.get("neuron_mean") or [], dtype=torch.float64)
+        n_std = torch.tensor(data.get("neuron_std") or [], dtype=torch.float64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ExplainInputError(f"not an aggregate result (bad or missing {err})") from None
+    if n < 1 or mean.ndim != 2 or std.shape != mean.shape or freq.shape != mean.shape:
+        raise ExplainInputError("not an aggregate result: its head tables disagree in shape")
+    if n_mean.ndim != 2 or n_std.shape != n_mean.shape or n_mean.shape[0] != mean.shape[0]:
+        n_mean = n_std = torch.zeros(mean.shape[0], 0, dtype=torch.float64)
+    meta = data.get("meta")
+    return ComponentStats(
+        str(data.get("model", "model")),
+        n,
+        tau,
+        mean * n,
+        (std**2 + mean**2) * n,
+        (freq * n).round(),
+        n_mean * n,
+        (n_std**2 + n_mean**2) * n,
+        dict(meta) if isinstance(meta, dict) else {},
     )
 
 
