@@ -210,6 +210,12 @@ def test_diff_with_circuits(run: dict[str, Any], tmp_path: Path) -> None:
         facts["gained"][1]["component"].startswith("L") and "N" in facts["gained"][1]["component"]
     )
     assert "gained L1H0:" in result.stdout and facts["n_prompts"] == 4
+    page = tmp_path / "history.html"
+    result = _invoke("doc", "history", run["root"], "--circuits", run["prompts"], "-o", page)
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert html.count("<rect") == 3 * 4 and "<title>L1H0: +0.4" in html
+    assert "gained L1H0:" in html and "<script" not in html
 
 
 def _error(result: Any) -> str:

@@ -148,7 +148,9 @@ def facts(
 def diff(
     old: str = typer.Argument(..., help="The earlier model (name, directory, file or facts.json)."),
     new: str = typer.Argument(..., help="The later model."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the diff as JSON."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Also write the diff: JSON, or .html with circuit heatmaps."
+    ),
     probe: bool = _PROBE,
     circuits: Path | None = _CIRCUITS,
     top: int = _TOP,
@@ -158,10 +160,7 @@ def diff(
 
     result = diff_models(old, new, probe=probe, circuits=circuits, top=top)
     print(result["text"])
-    if out is not None:
-        from lmscope.document.output import write_facts
-
-        write_facts(result, out)
+    _write(result, out)
 
 
 @doc_app.command("history")
@@ -171,14 +170,28 @@ def history(
     probe: bool = typer.Option(False, "--probe/--no-probe", help="Compare heads too (slower)."),
     circuits: Path | None = _CIRCUITS,
     top: int = _TOP,
-    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the history as JSON."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Also write the history: JSON, or .html with circuit heatmaps."
+    ),
 ) -> None:
     """Walk the checkpoints of a directory in step order and narrate each change."""
     from lmscope.document.diff import history as build_history
 
     result = build_history(directory, probe=probe, circuits=circuits, top=top)
     print(result["text"])
-    if out is not None:
+    _write(result, out)
+
+
+def _write(result: dict[str, Any], out: Path | None) -> None:
+    """--out: JSON (the facts and the text), or for .html a page with the circuit heatmaps."""
+    if out is None:
+        return
+    if out.suffix.lower() in (".html", ".htm"):
+        from lmscope.document.circuits import history_html
+        from lmscope.files import atomic_write_text
+
+        atomic_write_text(out, history_html(result))
+    else:
         from lmscope.document.output import write_facts
 
         write_facts(result, out)

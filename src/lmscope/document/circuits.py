@@ -245,3 +245,28 @@ def circuit_lines(facts: dict[str, Any]) -> list[str]:
     rows = [_row_line("gained", r) for r in facts["gained"]]
     rows += [_row_line("lost", r) for r in facts["lost"]]
     return lines + [f"    {r}" for r in rows or ["no head or neuron changed importance"]]
+
+
+def history_html(result: dict[str, Any]) -> str:
+    """A self-contained page of a diff or history result: its text, and for each compared step
+    the [layers, heads] heatmap of importance changes (red gained, blue lost)."""
+    import html
+
+    import torch
+
+    from lmscope.explain.circuit_diff import heatmap_svg
+
+    steps = result.get("steps") or [result]
+    maps = []
+    for step in steps:
+        facts = step.get("circuits") or {}
+        if "head_delta" in facts:
+            maps.append(
+                f"<h2>{html.escape(facts['old'])} &rarr; {html.escape(facts['new'])}</h2>"
+                "<p>head importance change (rows are layers, columns heads)</p>"
+                + heatmap_svg(torch.tensor(facts["head_delta"], dtype=torch.float64))
+            )
+    return (
+        "<!doctype html><meta charset='utf-8'><title>lmscope version history</title>"
+        f"<h1>Version history</h1><pre>{html.escape(result['text'])}</pre>{''.join(maps)}"
+    )
