@@ -252,5 +252,9 @@ def test_bad_input_is_one_line(run: dict[str, Any], tmp_path: Path) -> None:
     save_checkpoint(run["models"][0], tmp_path / "bare")  # no tokenizer
     bare = _invoke("doc", "diff", tmp_path / "bare", early, "--no-probe", "--circuits", prompts)
     assert "no tokenizer" in _error(bare)
+    facts = tmp_path / "facts.json"
+    assert _invoke("doc", "facts", early, "--no-probe", "-o", facts).exit_code == 0
+    from_facts = _invoke("doc", "diff", facts, early, "--no-probe", "--circuits", prompts)
+    assert "is a facts file; --circuits needs a model lmscope can run" in _error(from_facts)
     (tmp_path / "long.txt").write_text(" ".join(["the cat"] * 40) + "\n")
     assert "long" in _error(_invoke("doc", "history", root, "--circuits", tmp_path / "long.txt"))
