@@ -188,6 +188,8 @@ def history(
     check_top(top)
     dirs = checkpoints_in(Path(directory))
     facts = [load_facts(str(d), probe) for d in dirs]
+    if prompts is not None and len(dirs) < 2:
+        prompts = None  # nothing to compare with: no aggregation
     stats = [version_stats(str(d), prompts) for d in dirs] if prompts is not None else []
     lines = [f"{len(dirs)} checkpoint(s) under {directory}, in step order:"]
     lines += [f"  {i + 1}. {d}" + (f" (circuits: {stats[i].origin})" if stats else "")
