@@ -19,6 +19,7 @@ import typer
 from typer.testing import CliRunner
 
 from lmscope.commands import doc, explain
+from lmscope.document.diff import history
 from lmscope.document.verifier import index_facts, verify_sentence
 from lmscope.explain import TraceView, compute_flow, record
 from lmscope.explain.heads import head_importance
@@ -165,13 +166,25 @@ def test_results_are_cached_whole_and_reused(run: dict[str, Any]) -> None:
     cached[0].write_text(json.dumps(data))
     planted = _invoke("doc", "history", run["root"], "--circuits", run["prompts"])
     assert re.search(r"gained L1H0: [\d.]+ -> 0\.9 ", planted.stdout), planted.stdout
+    data["meta"]["lmscope_version"] = "0.0.0-another"  # computed by another lmscope: not reused
+    cached[0].write_text(json.dumps(data))
+    other = _invoke("doc", "history", run["root"], "--circuits", run["prompts"])
+    assert "-> 0.9 " not in other.stdout and "computed, cached in" in other.stdout
+    data["meta"].pop("lmscope_version")  # (a result that names no version is judged as is)
+    cached[0].write_text(json.dumps(data))
     # newer weights make the stored result stale: computed again
-    weights = late / "model.safetensors"
-    os.utime(weights, (cached[0].stat().st_mtime + 10,) * 2)
+    os.utime(cached[0], ((late / "model.safetensors").stat().st_mtime - 10,) * 2)
     fresh = _invoke("doc", "history", run["root"], "--circuits", run["prompts"])
     assert "-> 0.9 " not in fresh.stdout and strip.sub("", fresh.stdout) == strip.sub(
         "", first.stdout
     )
+    heard: list[str] = []
+    history(run["root"], circuits=run["prompts"], progress=heard.append)
+    assert heard == []  # both stored now
+    early = run["root"] / "step-00000010"
+    os.utime(next(early.glob("aggregate-*.json")), (0, 0))  # older than the weights
+    history(run["root"], circuits=run["prompts"], progress=heard.append)
+    assert heard == [f"aggregating 4 prompt(s) on {early}"]
 
 
 def test_reuses_explain_aggregate_output(run: dict[str, Any], tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ lmscope doc history DIR               the checkpoints of a directory, in order
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -158,7 +159,8 @@ def diff(
     """What changed between two models: architecture, data, hyperparameters, metrics, heads."""
     from lmscope.document.diff import diff_models
 
-    result = diff_models(old, new, probe=probe, circuits=circuits, top=top)
+    with _progress() as progress:
+        result = diff_models(old, new, probe=probe, circuits=circuits, top=top, progress=progress)
     print(result["text"])
     _write(result, out)
 
@@ -177,9 +179,23 @@ def history(
     """Walk the checkpoints of a directory in step order and narrate each change."""
     from lmscope.document.diff import history as build_history
 
-    result = build_history(directory, probe=probe, circuits=circuits, top=top)
+    with _progress() as progress:
+        result = build_history(directory, probe, circuits, top, progress)
     print(result["text"])
     _write(result, out)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str], None]]:
+    """A status line on a terminal's stderr while versions are aggregated (silent otherwise)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda message: None
+        return
+    with console.status("") as status:
+        yield status.update
 
 
 def _write(result: dict[str, Any], out: Path | None) -> None:

@@ -3,10 +3,10 @@
 Each version's head and neuron importance over a prompt set comes from `explain.aggregate`. An
 aggregate result stored in a checkpoint directory (`lmscope explain aggregate --out`, or the
 `aggregate-<prompts sha256>.json` this module caches there, written atomically) is reused when
-it covers as many prompts at the same tau, records no other prompt set and is newer than the
-weights. Two versions are compared by `explain.circuit_diff`; the comparison is kept as facts
-(component, importance before and after, change, on-route frequency before and after) and
-narrated by template lines whose every number is one of those facts.
+it covers as many prompts at the same tau, records no other prompt set (nor another lmscope
+version) and is newer than the weights. Two versions are compared by `explain.circuit_diff`;
+the comparison is kept as facts (component, importance before and after, change, on-route
+frequency before and after) and narrated by template lines whose every number is one of them.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmscope import __version__
 from lmscope.document.errors import DocError
 from lmscope.document.templates import num
 
@@ -29,6 +31,7 @@ TAU = 0.04  # route threshold of the on-route frequency (aggregate's default)
 CACHE_PREFIX = "aggregate-"
 NOISE = 1e-6  # smaller changes are the rounding of stored results (7 decimals), not changes
 _MAX_STORED_BYTES = 64 << 20
+Progress = Callable[[str], None]
 _NOT_STORED = {"config.json", "metadata.json", "training_record.json", "tokenizer.json",
                "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"}  # fmt: skip
 
@@ -86,11 +89,13 @@ def _stored(directory: Path, prompts: PromptSet, layout: tuple[int, int]) -> Ver
         except (OSError, ValueError, ExplainInputError):
             continue  # not an aggregate result (or unreadable): not ours to judge
         recorded = stats.meta.get("prompts_sha256")
+        version = stats.meta.get("lmscope_version", __version__)
         shard = stats.meta.get("shard", [0, 1])
         if (
             stats.n_prompts == len(prompts.texts)
             and math.isclose(stats.tau, TAU)
             and recorded in (None, prompts.sha256)
+            and version == __version__
             and shard in ([0, 1], "all")
             and _layout(stats) == layout
         ):
@@ -106,9 +111,10 @@ def _layout_of(directory: Path) -> tuple[int, int] | None:
         return None
 
 
-def version_stats(model: str, prompts: PromptSet) -> VersionStats:
+def version_stats(model: str, prompts: PromptSet, progress: Progress | None = None) -> VersionStats:
     """The aggregate of `model` (a name or a directory) over `prompts`: reused when stored in
-    its checkpoint directory, else computed (and cached there for lmscope checkpoints)."""
+    its checkpoint directory, else computed (and cached there for lmscope checkpoints);
+    `progress` hears of each computation before it starts."""
     from lmscope.zoo.checkpoint import is_checkpoint
 
     directory = Path(model)
@@ -120,6 +126,8 @@ def version_stats(model: str, prompts: PromptSet) -> VersionStats:
             return found
     elif directory.is_file() and directory.suffix == ".json":
         raise DocError(f"{model} is a facts file; --circuits needs a model lmscope can run")
+    if progress is not None:
+        progress(f"aggregating {len(prompts.texts)} prompt(s) on {model}")
     stats = _compute(model, prompts)
     origin = "computed"
     if checkpoint:
@@ -142,7 +150,8 @@ def _compute(model: str, prompts: PromptSet) -> ComponentStats:
         stats = aggregate(loaded.model, ids, tau=TAU, name=model)
     except ExplainInputError as err:
         raise DocError(f"{model}, prompts of {prompts.source}: {err}") from None
-    stats.meta.update({"prompts_sha256": prompts.sha256, "prompts_file": prompts.source})
+    stats.meta.update({"prompts_sha256": prompts.sha256, "prompts_file": prompts.source,
+                       "lmscope_version": __version__})  # fmt: skip
     return stats
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from lmscope.document.circuits import (
     DEFAULT_TOP,
+    Progress,
     check_top,
     circuit_lines,
     compare,
@@ -139,6 +140,7 @@ def diff_models(
     probe: bool = True,
     circuits: Path | None = None,
     top: int = DEFAULT_TOP,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The facts diff of two models; with `circuits` (a prompt file) also which heads and
     neurons gained or lost importance on those prompts (`document.circuits`)."""
@@ -146,7 +148,8 @@ def diff_models(
     check_top(top)
     result = diff_facts(load_facts(old, probe), load_facts(new, probe))
     if prompts is not None:
-        facts = compare(version_stats(old, prompts), version_stats(new, prompts), prompts, top)
+        pair = [version_stats(m, prompts, progress) for m in (old, new)]
+        facts = compare(pair[0], pair[1], prompts, top)
         result["circuits"] = facts
         result["text"] += "\n" + "\n".join(circuit_lines(facts))
     return result
@@ -179,7 +182,11 @@ def checkpoints_in(directory: Path) -> list[Path]:
 
 
 def history(
-    directory: Path, probe: bool = False, circuits: Path | None = None, top: int = DEFAULT_TOP
+    directory: Path,
+    probe: bool = False,
+    circuits: Path | None = None,
+    top: int = DEFAULT_TOP,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The checkpoints under `directory` in step order and each step's diff (facts and text);
     with `circuits`, each step's circuit changes too (checkpoints of another head layout than
@@ -190,7 +197,7 @@ def history(
     facts = [load_facts(str(d), probe) for d in dirs]
     if prompts is not None and len(dirs) < 2:
         prompts = None  # nothing to compare with: no aggregation
-    stats = [version_stats(str(d), prompts) for d in dirs] if prompts is not None else []
+    stats = [version_stats(str(d), prompts, progress) for d in dirs] if prompts else []
     lines = [f"{len(dirs)} checkpoint(s) under {directory}, in step order:"]
     lines += [f"  {i + 1}. {d}" + (f" (circuits: {stats[i].origin})" if stats else "")
               for i, d in enumerate(dirs)]  # fmt: skip
