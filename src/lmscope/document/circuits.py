@@ -72,15 +72,16 @@ def _layout(stats: ComponentStats) -> tuple[int, int]:
 
 
 def _stored(directory: Path, prompts: PromptSet, layout: tuple[int, int]) -> VersionStats | None:
-    """A usable aggregate result in `directory`: this prompt set's cache first, then any other
-    aggregate JSON over as many prompts at TAU that is newer than the weights."""
+    """A usable aggregate result in `directory`: this prompt set's cache first, then the newest
+    other aggregate JSON over as many prompts at TAU that is newer than the weights."""
     from lmscope.explain.circuit_diff import stats_from_dict
     from lmscope.explain.errors import ExplainInputError
 
     weights = [p.stat().st_mtime for p in directory.glob("*.safetensors")]
     newest = max(weights, default=0.0)
     mine = directory / f"{CACHE_PREFIX}{prompts.sha256[:16]}.json"
-    others = sorted(p for p in directory.glob("*.json") if p != mine and p.name not in _NOT_STORED)
+    others = [p for p in directory.glob("*.json") if p != mine and p.name not in _NOT_STORED]
+    others.sort(key=lambda p: -p.stat().st_mtime)  # the newest first
     for path in ([mine] if mine.is_file() else []) + others:
         try:
             if path.stat().st_size > _MAX_STORED_BYTES or path.stat().st_mtime < newest:
