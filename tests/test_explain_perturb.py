@@ -73,6 +73,41 @@ def test_prefix_cached_scores_equal_full_forwards(family: str) -> None:
     assert scorer.n_positions - before < 18 * T  # prefixes were reused
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_packed_occlusion_rows_equal_full_forwards(family: str) -> None:
+    """Occluding one token at a time: the suffixes run packed side by side (T - i and i + 1
+    positions share a batch row), T(T+1)/2 positions in all, and every score is still the full
+    forward's."""
+    model = tiny_model(family, n_layers=2)
+    scorer = MaskScorer(model, ids(), target=TARGET, baseline=BASE, batch_size=2)
+    masks = ~torch.eye(T, dtype=torch.bool)
+    before = scorer.n_positions
+    got = scorer(masks)
+    want = forward_score(model)(torch.where(masks, ids(), BASE))
+    assert torch.allclose(got, want, atol=TOL, rtol=0)
+    # Each row runs from its first difference from the prompt or the all-baseline row (row 0
+    # shares its first token with the latter): 8 alone, then (8, 1), (7, 2), (6, 3), (5, 4).
+    assert BASE not in ids()[0].tolist()
+    need = (T - 1) + sum(T - i for i in range(1, T))
+    assert scorer.n_positions - before == need  # no padding
+
+
+def test_model_unembeds_only_the_positions_asked_for() -> None:
+    model = tiny_model("llama_gqa", n_layers=2)
+    at = torch.tensor([[0, 4, 8], [3, 3, 1]])
+    batch = torch.stack([ids()[0], ids()[0].flip(0)])
+    with torch.no_grad():
+        full = model(batch)
+        got = model(batch, at=at)
+    want = torch.stack([full[b, at[b]] for b in range(2)])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()[None, None]  # a 4-d mask is used as given
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch, attention_mask=causal), full, atol=1e-6, rtol=0)
+        with pytest.raises(ValueError, match="a 4-d mask must be"):
+            model(batch, attention_mask=causal[..., 1:])
+
+
 def test_feature_ablation_matches_captum(model, captum_attr) -> None:  # type: ignore[no-untyped-def]
     fa = captum_attr.FeatureAblation(forward_score(model))
     want = fa.attribute(ids(), baselines=BASE)
@@ -222,20 +257,20 @@ def test_bad_input_is_one_clear_error(model, call, message: str) -> None:  # typ
         call(model)
 
 
-def test_batches_cover_every_row_and_bound_the_waste() -> None:
-    from lmscope.explain.perturb_eval import WASTE, chunks
+def test_packing_covers_every_row_once_within_capacity() -> None:
+    from lmscope.explain.perturb_eval import pack
 
     g = torch.Generator().manual_seed(0)
-    prefixes = sorted(torch.randint(0, 64, (100,), generator=g).tolist(), reverse=True)
-    spans = chunks(prefixes, 64, 16)
-    assert spans[0][0] == 0 and spans[-1][1] == 100
-    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # contiguous, no overlap
-    for start, end in spans:
-        part = prefixes[start:end]
-        assert 1 <= len(part) <= 16
-        need = sum(64 - p for p in part)
-        assert len(part) == 1 or len(part) * (64 - min(part)) <= WASTE * need
-    assert chunks([], 64, 16) == []
+    lengths = torch.randint(1, 65, (100,), generator=g).tolist()
+    bins = pack(lengths, 64, most=3)
+    assert sorted(i for b in bins for i in b) == list(range(100))
+    fills = [sum(lengths[i] for i in b) for b in bins]
+    assert all(f <= 64 for f in fills) and all(1 <= len(b) <= 3 for b in bins)
+    assert fills == sorted(fills, reverse=True)
+    # Occluding each of 64 tokens: suffixes 1..64 pair up into 33 rows (64, 63 + 1, ... 32).
+    occl = pack(list(range(1, 65)), 64)
+    assert len(occl) == 33 and all(sum(j + 1 for j in b) == 64 for b in occl[:-1])
+    assert pack([], 64) == []
 
 
 def test_long_prompts_get_fewer_rows_per_batch() -> None:

@@ -2,11 +2,16 @@
 
 A perturbation replaces some input tokens by a baseline token. Positions before the first
 replaced one are identical to a reference sequence, so their keys and values need not be
-recomputed: `MaskScorer` runs each reference once with a KV cache, then scores a batch of
-perturbed rows by copying the reference's cached prefix into a batch cache and running only the
-tokens from the batch's shortest common prefix on. Two references are kept: the prompt itself
-(occlusion and deletion change late tokens of it) and the all-baseline sequence (Shapley
-sampling and insertion start from it), and each row uses whichever shares the longer prefix.
+recomputed: `MaskScorer` runs each reference once with a KV cache and runs each perturbed row
+only from its first difference on. Two references are kept: the prompt itself (occlusion and
+deletion change late tokens of it) and the all-baseline sequence (Shapley sampling and insertion
+start from it), and each row uses whichever shares the longer prefix.
+
+The rows' suffixes have different lengths (occluding token i leaves T - i to run), so rather than
+pad every row of a batch to its longest suffix, suffixes are packed side by side into batch rows
+of at most T positions (`pack`), each with its own positions and an attention mask that lets it
+see the reference's cached prefix and its own keys only; the model unembeds just the suffixes'
+last positions. Occlusion of every token then runs T(T+1)/2 positions, not ~T^2/2 plus padding.
 
 Masks are boolean [N, T]: True keeps the prompt's token, False puts the baseline token there.
 """
@@ -24,8 +29,8 @@ from lmscope.model.cache import KVCache
 from lmscope.model.modes import eval_mode
 from lmscope.model.transformer import Transformer
 
-DEFAULT_BATCH = 16
-WASTE = 1.25  # a batch may run at most this many times the positions its rows need
+DEFAULT_BATCH = 16  # packed rows (each at most the prompt's length) per forward
+MAX_SEGMENTS = 8  # perturbed rows packed into one batch row at most
 TOKENS_PER_BATCH = 8192  # rows x prompt length per batch at most (bounds the batch's KV cache)
 
 
@@ -59,21 +64,28 @@ def score_of(logits: torch.Tensor, target: int, foil: int | None, score: str) ->
     return out
 
 
-def chunks(prefixes: list[int], n_tokens: int, batch: int) -> list[tuple[int, int]]:
-    """Split rows sorted by shared prefix (longest first) into [start, end) batches of at most
-    `batch` rows. A batch runs every row from its shortest prefix on, so a batch is also closed
-    when that would run over WASTE more positions than its rows need on their own."""
-    out: list[tuple[int, int]] = []
-    start, need = 0, 0
-    for i, p in enumerate(prefixes):
-        rows = i - start + 1
-        if rows > batch or (rows > 1 and rows * (n_tokens - p) > WASTE * (need + n_tokens - p)):
-            out.append((start, i))
-            start, need = i, 0
-        need += n_tokens - p
-    if prefixes:
-        out.append((start, len(prefixes)))
-    return out
+def pack(lengths: list[int], capacity: int, most: int = MAX_SEGMENTS) -> list[list[int]]:
+    """Indices of `lengths` packed into bins of at most `capacity` positions and `most` items,
+    first-fit decreasing; bins fullest first. Packing the rows' suffixes into shared batch rows
+    leaves little padding: occluding token i runs T - i positions, and i pairs with T - i."""
+    bins: list[list[int]] = []
+    fill: list[int] = []
+    smallest = min(lengths, default=0)
+    open_bins: list[int] = []  # bins that can still take the smallest item
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
+        b = next((b for b in open_bins if fill[b] + n <= capacity), None)
+        if b is None:
+            b = len(bins)
+            bins.append([])
+            fill.append(0)
+            open_bins.append(b)
+        bins[b].append(i)
+        fill[b] += n
+        if fill[b] + smallest > capacity or len(bins[b]) >= most:
+            open_bins.remove(b)
+    order = sorted(range(len(bins)), key=lambda b: -fill[b])
+    return [bins[b] for b in order]
 
 
 class MaskScorer:
@@ -81,7 +93,8 @@ class MaskScorer:
 
     `n_positions` counts the token positions run through the model so far (the cost measure the
     prefix reuse lowers; a full forward of every row would cost N * T). `batch_size` is the most
-    rows per forward; long prompts get fewer (at most TOKENS_PER_BATCH rows x tokens).
+    packed batch rows per forward; long prompts get fewer (at most TOKENS_PER_BATCH rows x
+    tokens).
     """
 
     def __init__(
@@ -149,28 +162,70 @@ class MaskScorer:
             whole = (ref == which) & (best == self.n_tokens)
             out[whole.cpu()] = value
         todo = (best < self.n_tokens).nonzero().flatten()
+        host_rows = rows.cpu()  # the packed batches are assembled on the host
         for which in (0, 1):
             idx = todo[ref[todo] == which]
-            idx = idx[best[idx].argsort(descending=True)]
             if idx.numel() == 0:
                 continue
-            for chunk in chunks(best[idx].tolist(), self.n_tokens, self.batch_size):
+            starts = best[idx].tolist()
+            lengths = [self.n_tokens - p for p in starts]
+            bins = pack(lengths, max(lengths))
+            for k in range(0, len(bins), self.batch_size):
                 check_cancelled(self.should_stop, "the perturbation attribution")
-                sel = idx[chunk[0] : chunk[1]]
-                start = int(best[sel].min())
-                out[sel.cpu()] = self._run(rows[sel], which, start)
+                group = [
+                    [(int(idx[i]), starts[i]) for i in b] for b in bins[k : k + self.batch_size]
+                ]
+                rows_run = torch.tensor([r for b in group for r, _ in b])
+                out[rows_run] = self._run(host_rows, group, which)
         return out
 
-    def _run(self, rows: torch.Tensor, ref: int, start: int) -> torch.Tensor:
-        """Scores of `rows`, which equal reference `ref` before position `start`."""
-        model = self.model
+    def _run(
+        self, rows: torch.Tensor, group: list[list[tuple[int, int]]], ref: int
+    ) -> torch.Tensor:
+        """Scores of the rows in `group` (bins of (row, start): row equals reference `ref`
+        before `start`), in bin order. Each bin's suffixes run side by side in one batch row,
+        with their own positions; each sees the reference's cached keys before its start and its
+        own keys (a packed attention mask); padding sees only itself."""
+        n, model = self.n_tokens, self.model
+        past = max(start for b in group for _, start in b)
+        width = max(sum(n - start for _, start in b) for b in group)
+        most = max(len(b) for b in group)
+        ids = torch.full((len(group), width), self.baseline, dtype=rows.dtype)
+        positions = torch.zeros(len(group), width, dtype=torch.long)
+        mask = torch.zeros(len(group), 1, width, past + width, dtype=torch.bool)
+        ends = torch.zeros(len(group), most, dtype=torch.long)
+        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        for b, segments in enumerate(group):
+            at = 0
+            for j, (row, start) in enumerate(segments):
+                size = n - start
+                ids[b, at : at + size] = rows[row, start:]
+                positions[b, at : at + size] = torch.arange(start, n)
+                mask[b, 0, at : at + size, :start] = True
+                mask[b, 0, at : at + size, past + at : past + at + size] = causal[:size, :size]
+                ends[b, j] = at + size - 1
+                at += size
+            pad = torch.arange(at, width)
+            mask[b, 0, pad, past + pad] = True
+            ends[b, len(segments) :] = ends[b, 0]
         cache: KVCache | None = None
-        if start > 0:
-            cache = model.new_cache(rows.shape[0], self.n_tokens)
-            cache.keys[:, :, :, :start] = self._cache.keys[:, ref : ref + 1, :, :start]
-            cache.values[:, :, :, :start] = self._cache.values[:, ref : ref + 1, :, :start]
-            cache.length = start
+        if past > 0:
+            cache = model.new_cache(len(group), past + width)
+            cache.keys[:, :, :, :past] = self._cache.keys[:, ref : ref + 1, :, :past]
+            cache.values[:, :, :, :past] = self._cache.values[:, ref : ref + 1, :, :past]
+            cache.length = past
+        device = model.device
         with eval_mode(model), torch.no_grad():
-            logits = model(rows[:, start:], cache=cache, last_only=True)[:, -1]
-        self.n_positions += rows.shape[0] * (self.n_tokens - start)
-        return score_of(logits, self.target, self.foil, self.score).cpu()
+            logits = model(
+                ids.to(device),
+                positions=positions.to(device),
+                attention_mask=mask.to(device),
+                cache=cache,
+                at=ends.to(device),
+            )
+        self.n_positions += len(group) * width
+        keep = torch.tensor(
+            [b * most + j for b, segments in enumerate(group) for j in range(len(segments))]
+        )
+        flat = logits.flatten(0, 1)[keep.to(device)]
+        return score_of(flat, self.target, self.foil, self.score).cpu()

@@ -142,8 +142,18 @@ class SlotKVCache:
 def causal_mask(
     attention_mask: torch.Tensor | None, positions_q: int, past: int, device: torch.device
 ) -> torch.Tensor | None:
-    """Boolean [b, 1, T, S] mask (True = may attend), or None where SDPA's causal flag does."""
+    """Boolean [b, 1, T, S] mask (True = may attend), or None where SDPA's causal flag does.
+
+    A 4-d attention_mask is such a mask already (e.g. several sequences packed into one row,
+    each seeing only its own keys) and is used as given."""
     total = past + positions_q
+    if attention_mask is not None and attention_mask.dim() == 4:
+        if attention_mask.shape[-2:] != (positions_q, total):
+            raise ValueError(
+                f"attention_mask is {tuple(attention_mask.shape)}; a 4-d mask must be "
+                f"[b, 1, {positions_q}, {total}] (query positions x key positions)"
+            )
+        return attention_mask.bool()
     if attention_mask is None:
         if past == 0 or positions_q == 1:
             return None

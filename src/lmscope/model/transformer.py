@@ -196,10 +196,13 @@ class Transformer(nn.Module):
         cache: KVCache | SlotKVCache | None = None,
         last_only: bool = False,
         last_n: int | None = None,
+        at: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [b, T, V] (or [b, 1, V] with last_only, [b, last_n, V] with last_n).
+        """Logits [b, T, V] (or [b, 1, V] with last_only, [b, last_n, V] with last_n, [b, n, V]
+        with `at`: indices [b, n] of the positions, of this call's T, to unembed).
 
-        attention_mask: [b, past + T], 1 for real tokens and 0 for padding (left padding).
+        attention_mask: [b, past + T], 1 for real tokens and 0 for padding (left padding), or a
+        boolean [b, 1, T, past + T] mask used as given.
         cache: a KVCache; new keys/values are appended and its length advanced. A SlotKVCache
         decodes one token for each of its active rows (continuous batching): tokens [n, 1].
         With the prepacked path enabled (eval mode, autograd off) the blocks run prepacked.
@@ -217,6 +220,8 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         elif last_n is not None:  # e.g. to score a prompt's end without unembedding it all
             x = x[:, -last_n:]
+        elif at is not None:  # e.g. the ends of sequences packed into one row
+            x = x.gather(1, at[..., None].expand(-1, -1, x.shape[-1]))
         if prepacked is not None:
             return prepacked.logits(x)
         return self.unembed(self.ln_final(x))
