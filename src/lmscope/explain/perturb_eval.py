@@ -182,50 +182,65 @@ class MaskScorer:
     def _run(
         self, rows: torch.Tensor, group: list[list[tuple[int, int]]], ref: int
     ) -> torch.Tensor:
-        """Scores of the rows in `group` (bins of (row, start): row equals reference `ref`
-        before `start`), in bin order. Each bin's suffixes run side by side in one batch row,
-        with their own positions; each sees the reference's cached keys before its start and its
-        own keys (a packed attention mask); padding sees only itself."""
-        n, model = self.n_tokens, self.model
-        past = max(start for b in group for _, start in b)
-        width = max(sum(n - start for _, start in b) for b in group)
-        most = max(len(b) for b in group)
-        ids = torch.full((len(group), width), self.baseline, dtype=rows.dtype)
-        positions = torch.zeros(len(group), width, dtype=torch.long)
-        mask = torch.zeros(len(group), 1, width, past + width, dtype=torch.bool)
-        ends = torch.zeros(len(group), most, dtype=torch.long)
-        causal = torch.ones(n, n, dtype=torch.bool).tril()
-        for b, segments in enumerate(group):
-            at = 0
-            for j, (row, start) in enumerate(segments):
-                size = n - start
-                ids[b, at : at + size] = rows[row, start:]
-                positions[b, at : at + size] = torch.arange(start, n)
-                mask[b, 0, at : at + size, :start] = True
-                mask[b, 0, at : at + size, past + at : past + at + size] = causal[:size, :size]
-                ends[b, j] = at + size - 1
-                at += size
-            pad = torch.arange(at, width)
-            mask[b, 0, pad, past + pad] = True
-            ends[b, len(segments) :] = ends[b, 0]
+        """Scores of the rows in `group` (bins of (row, start): the row equals reference `ref`
+        before `start`), in bin order, in one forward of the packed batch."""
+        model = self.model
+        batch = PackedBatch(rows, group, self.n_tokens, self.baseline)
+        past, n_rows = batch.past, len(group)
         cache: KVCache | None = None
         if past > 0:
-            cache = model.new_cache(len(group), past + width)
+            cache = model.new_cache(n_rows, past + batch.width)
             cache.keys[:, :, :, :past] = self._cache.keys[:, ref : ref + 1, :, :past]
             cache.values[:, :, :, :past] = self._cache.values[:, ref : ref + 1, :, :past]
             cache.length = past
         device = model.device
         with eval_mode(model), torch.no_grad():
             logits = model(
-                ids.to(device),
-                positions=positions.to(device),
-                attention_mask=mask.to(device),
+                batch.ids.to(device),
+                positions=batch.positions.to(device),
+                attention_mask=batch.mask.to(device),
                 cache=cache,
-                at=ends.to(device),
+                at=batch.ends.to(device),
             )
-        self.n_positions += len(group) * width
-        keep = torch.tensor(
-            [b * most + j for b, segments in enumerate(group) for j in range(len(segments))]
+        self.n_positions += n_rows * batch.width
+        ends = logits.flatten(0, 1)[batch.used.to(device)]
+        return score_of(ends, self.target, self.foil, self.score).cpu()
+
+
+class PackedBatch:
+    """The model inputs for bins of suffixes (see the module doc), built on the host.
+
+    Bin b becomes batch row b: its suffixes side by side, each at its own positions, seeing the
+    `past` cached reference keys before its start and its own keys causally; padding sees only
+    itself. `ends` [rows, most] indexes each suffix's last position (padded with the first's),
+    `used` the entries of ends.flatten() that are real suffixes, in bin order."""
+
+    def __init__(
+        self, rows: torch.Tensor, group: list[list[tuple[int, int]]], n_tokens: int, baseline: int
+    ) -> None:
+        n = n_tokens
+        self.past = past = max(start for b in group for _, start in b)
+        self.width = width = max(sum(n - start for _, start in b) for b in group)
+        most = max(len(b) for b in group)
+        self.ids = torch.full((len(group), width), baseline, dtype=rows.dtype)
+        self.positions = torch.zeros(len(group), width, dtype=torch.long)
+        self.mask = torch.zeros(len(group), 1, width, past + width, dtype=torch.bool)
+        self.ends = torch.zeros(len(group), most, dtype=torch.long)
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        for b, segments in enumerate(group):
+            at = 0
+            for j, (row, start) in enumerate(segments):
+                size = n - start
+                self.ids[b, at : at + size] = rows[row, start:]
+                self.positions[b, at : at + size] = torch.arange(start, n)
+                self.mask[b, 0, at : at + size, :start] = True
+                own = slice(past + at, past + at + size)
+                self.mask[b, 0, at : at + size, own] = causal[:size, :size]
+                self.ends[b, j] = at + size - 1
+                at += size
+            pad = torch.arange(at, width)
+            self.mask[b, 0, pad, past + pad] = True
+            self.ends[b, len(segments) :] = self.ends[b, 0]
+        self.used = torch.tensor(
+            [b * most + j for b, seg in enumerate(group) for j in range(len(seg))]
         )
-        flat = logits.flatten(0, 1)[keep.to(device)]
-        return score_of(flat, self.target, self.foil, self.score).cpu()
