@@ -222,7 +222,18 @@ def test_lens_and_heads_on_a_lean_trace() -> None:
     assert torch.equal(lens_logits(model, view, "L2/resid_post"), trace.logits[0])
     assert top_neurons(view, 0, k=2).neurons
     kept = TraceView(model, record(model, tokens(T), neurons=True))  # hidden activations kept
-    assert "blocks.0.mlp.hook_post" not in trace  # the default recomputes them, bit for bit
-    assert top_neurons(view, 0, k=2).neurons == top_neurons(kept, 0, k=2).neurons
+    assert "blocks.0.mlp.hook_post" not in trace  # the default recomputes them
+    lean, full = top_neurons(view, 0, k=2).neurons, top_neurons(kept, 0, k=2).neurons
+    assert [n.neuron for n in lean] == [n.neuron for n in full]  # one row recomputed alone:
+    for a, b in zip(lean, full, strict=True):  # equal up to float rounding
+        assert (a.activation, a.importance) == pytest.approx((b.activation, b.importance), rel=1e-5)
+    for layer in range(model.cfg.n_layers):  # single rows of a lean trace equal the full ones
+        for position in (0, 3, T - 1, -1):
+            torch.testing.assert_close(
+                view.mlp_hidden(layer, position), view.mlp_hidden(layer)[position]
+            )
+            row = view.pattern(layer, position)
+            torch.testing.assert_close(row, view.pattern(layer)[:, position])
+            assert (row[:, position % T + 1 :] == 0).all()  # no future keys
     with pytest.raises(ExplainInputError):
         logit_lens(model, view, "L1/mlp")

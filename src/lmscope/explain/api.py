@@ -39,7 +39,7 @@ from lmscope.explain.neurons import NeuronContributions, top_neurons
 from lmscope.explain.proximity import norm_order
 from lmscope.explain.results import JsonResult, rounded
 from lmscope.explain.routes import RouteGraph
-from lmscope.explain.saliency import Attribution, attention_rollout, gradient_x_input
+from lmscope.explain.saliency import Attribution, RolloutRow, gradient_x_input
 from lmscope.explain.trace import TraceView, record, to_tokens
 from lmscope.model.transformer import Transformer
 
@@ -233,8 +233,11 @@ def explain_view(
     timings = {} if timings is None else timings
     clock = _Clock(timings)
     strs = [decoder(t) for t in ids]
+    rollout = RolloutRow(view, target)  # fed the patterns the flow computes anyway
     if flow is None:
-        flow = compute_flow(model, view, norm=norm, token_strs=strs, should_stop=should_stop)
+        flow = compute_flow(
+            model, view, norm=norm, token_strs=strs, should_stop=should_stop, on_pattern=rollout.add
+        )
     elif flow.norm != norm:
         raise ExplainInputError(
             f"the flow given was computed with norm {flow.norm!r}, not {norm!r}"
@@ -261,7 +264,7 @@ def explain_view(
     promotions = promotions_at(model, view, target, head_ids, 5, decoder)
     clock.lap("lens_heads_neurons")
 
-    attributions = [attention_rollout(view, target)]
+    attributions = [rollout.attribution()]
     if saliency:
         token = prediction[0].token if saliency_token is None else saliency_token
         attributions.insert(0, gradient_x_input(model, ids, target, token, should_stop=should_stop))

@@ -89,7 +89,7 @@ def mlp_decomposition(
 
 def neuron_decomposition(view: TraceView, layer: int, target: int) -> Decomposition:
     """resid_post[target] as one part per neuron a_k W_out[k] + resid_mid (+ output bias)."""
-    hidden = view.mlp_hidden(layer)[target]  # [M]
+    hidden = view.mlp_hidden(layer, target)  # [M]
     neurons = hidden[:, None] * view.mlp_weight(layer)  # [M, D]
     parts = [neurons, view.resid_mid(layer)[target][None]]
     labels: list[tuple[object, ...]] = [("neuron", k) for k in range(neurons.shape[0])]

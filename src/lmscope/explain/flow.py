@@ -3,8 +3,8 @@
 `compute_flow` applies the decompositions of `lmscope.explain.decompose` to every layer and
 token at once and stores the importance of every part (see `proximity`). The per-(source, head)
 attention parts p = a v W_O are never materialised: their proximities come from dot products in
-the head dimension plus an elementwise pass over the few coordinates a part can flip, in chunks
-of `chunk_elements`, so memory stays bounded for long prompts.
+the head dimension (in blocks of `chunk_elements`) plus, for L1, a compiled pass over the few
+coordinates a part can flip (`flow_kernel`), so memory stays bounded for long prompts.
 
 The result, `FlowGraph`, is dense (one number per possible edge); `FlowGraph.routes` turns it
 into the sparse route graph of the tokens you ask about.
@@ -19,6 +19,7 @@ attention output bias b_O is always its own part (it is not any one head's).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,15 +27,14 @@ import torch
 
 from lmscope.explain.budget import ShouldStop, check_cancelled
 from lmscope.explain.errors import ExplainInputError
+from lmscope.explain.flow_kernel import l1_head_proximities
 from lmscope.explain.proximity import norm_order, normalise, proximity
 from lmscope.explain.results import JsonResult, rounded
 from lmscope.explain.trace import TraceView
 from lmscope.model.trace import Trace
 from lmscope.model.transformer import Transformer
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 20
-# Widths (coordinates of the smallest |y|) a part is evaluated on elementwise; then all of D.
-BUCKET_WIDTHS = (4, 16, 64, 192)
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
 # Per-head importances above this many bytes are kept in float16 (documented in docs/explain.md).
 HEAD_FLOAT32_LIMIT = 256 << 20
 MlpBias = Literal["in_mlp", "separate"]
@@ -144,106 +144,7 @@ def head_proximities(
         v = v.repeat_interleave(group, dim=0)  # [H, S, d]
     if norm_order(norm) == 2:
         return _head_proximities_l2(whole, pattern, v, w_o)
-    return _head_proximities_l1(whole, pattern, v, w_o, chunk_elements, out)
-
-
-def _head_proximities_l1(
-    whole: torch.Tensor,
-    pattern: torch.Tensor,
-    v: torch.Tensor,
-    w_o: torch.Tensor,
-    chunk_elements: int,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Exact L1 proximities sum_d |y_d| - |y_d - p_d| of the parts p = a u (u = v W_O^h).
-
-    With s_d = sign(y_d) p_d, each term is s_d - 2 relu(s_d - |y_d|), so
-        prox = a (sign(y) . u) - 2 sum_d relu(a sign(y_d) u_d - |y_d|).
-    The first term is a matrix product; the second is zero on every coordinate with
-    |y_d| >= a max|u|, so a part only visits its target's coordinates below that reach (the
-    smallest |y| first, rounded up to a bucket width): a few for most parts, none for many.
-    Targets go in causal blocks (sources up to the block's last target) of `chunk_elements`.
-    """
-    n_heads, n_tok, n_src = pattern.shape
-    d_model = whole.shape[-1]
-    u = torch.bmm(v, w_o)  # [H, S, D]
-    u_max = u.abs().amax(-1)[:, None, :]  # [H, 1, S]
-    sign = torch.where(whole >= 0, 1.0, -1.0)  # [T, D]
-    w_flat = w_o.permute(2, 0, 1).reshape(d_model, -1)  # [D, H*d]
-    signed_w = (sign @ w_flat).view(n_tok, n_heads, -1).transpose(0, 1)  # [H, T, d]
-    widths = [w for w in BUCKET_WIDTHS if w < d_model]
-    small, order = whole.abs().topk(
-        (widths[-1] if widths else 0) + 1, largest=False, sorted=True
-    )  # [T, k]: the smallest |y| of each target, ascending
-    sorted_parts = (whole.gather(1, order), sign.gather(1, order), order)
-    prox = torch.zeros(n_heads, n_tok, n_src) if out is None else out
-    i0 = 0
-    while i0 < n_tok:
-        rows = 1  # causal: targets i0..i1-1 read sources up to i1-1 (+ any before the prompt)
-        while i0 + rows < n_tok and n_heads * (rows + 1) * (i0 + rows + 1) <= chunk_elements:
-            rows += 1
-        i1 = i0 + rows
-        s1 = min(n_src, i1 + n_src - n_tok)
-        a = pattern[:, i0:i1, :s1]
-        block = torch.bmm(signed_w[:, i0:i1], v[:, :s1].transpose(1, 2)).mul_(a)
-        reach = a * u_max[..., :s1]  # a * max|u| bounds every |p_d|
-        live = (reach > small[None, i0:i1, :1]).view(-1).nonzero().squeeze(1)
-        if live.numel():
-            corrections = _flip_corrections(
-                live, reach, a, u, whole, sign, small, sorted_parts, widths, i0, chunk_elements
-            )
-            block.view(-1).index_add_(0, live, corrections, alpha=-2.0)
-        prox[:, i0:i1, :s1] = block.clamp_(min=0.0)
-        i0 = i1
-    return prox
-
-
-def _flip_corrections(
-    live: torch.Tensor,
-    reach: torch.Tensor,
-    a: torch.Tensor,
-    u: torch.Tensor,
-    whole: torch.Tensor,
-    sign: torch.Tensor,
-    small: torch.Tensor,
-    sorted_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    widths: list[int],
-    i0: int,
-    chunk_elements: int,
-) -> torch.Tensor:
-    """sum_d relu(a sign(y_d) u_d - |y_d|) of the parts `live` (flat indices into a block of
-    reach/a [H, B, S'] that starts at target i0); see `_head_proximities_l1`."""
-    _, n_rows, n_src = reach.shape
-    d_model = whole.shape[-1]
-    head_row = live.div(n_src, rounding_mode="floor")  # h * B + r
-    rows = head_row.remainder(n_rows)  # r (target i0 + r)
-    heads = (head_row - rows).div(n_rows, rounding_mode="floor")  # h
-    u_rows = heads.mul_(u.shape[1]).add_(live).sub_(head_row * n_src)  # h * S + j: its row of u
-    rows += i0
-    reach_live = reach.view(-1).take(live)
-    level = torch.searchsorted(small[:, widths].index_select(0, rows), reach_live[:, None])
-    level = level.squeeze(1)
-    a_live = a.reshape(-1).take(live)
-    y_sorted, sign_sorted, order = sorted_parts
-    flat_u, u_2d = u.view(-1), u.view(-1, d_model)
-    corrections = torch.empty_like(reach_live)
-    for b, width in enumerate([*widths, d_model]):
-        full = width == d_model
-        y_w, sign_w = (whole, sign) if full else (y_sorted[:, :width], sign_sorted[:, :width])
-        picked = (level == b).nonzero().squeeze(1)
-        step = max(1, chunk_elements // width)
-        for c0 in range(0, picked.numel(), step):
-            sel = picked[c0 : c0 + step]
-            r = rows.index_select(0, sel)
-            if full:
-                s = u_2d.index_select(0, u_rows.index_select(0, sel))
-            else:
-                idx = order[:, :width].index_select(0, r)
-                s = flat_u.take(idx.add_(u_rows.index_select(0, sel)[:, None] * d_model))
-            s.mul_(a_live.index_select(0, sel)[:, None])
-            s.sub_(y_w.index_select(0, r)).mul_(sign_w.index_select(0, r)).clamp_(min=0.0)
-            corrections.index_copy_(0, sel, s.sum(-1))
-    return corrections
+    return l1_head_proximities(whole, pattern, v, w_o, chunk_elements, out)
 
 
 def _head_proximities_l2(
@@ -273,15 +174,18 @@ def compute_flow(
     token_strs: list[str] | None = None,
     should_stop: ShouldStop | None = None,
     mlp_bias: MlpBias = "in_mlp",
+    on_pattern: Callable[[int, torch.Tensor], None] | None = None,
 ) -> FlowGraph:
     """Importances of every block part, for every layer and token of a traced prompt.
 
     norm: "l1" (default) or "l2" for the proximity.
-    chunk_elements: elements per chunk of the L1 kernel's elementwise pass; bounds memory.
+    chunk_elements: elements per block of the L1 kernel's matrix product; bounds memory.
     head_dtype: storage of the per-head importances; default float32, or float16 when the
         [L, T, T, H] tensor would exceed 256 MB (long prompts).
     should_stop: checked before every layer; True raises ExplanationCancelled.
     mlp_bias: "in_mlp" (default, the paper's) or "separate"; see the module docstring.
+    on_pattern: called with (layer, [H, T, S] attention pattern) for every layer, last layer
+        first, so a caller that needs the patterns too (attention rollout) need not recompute them.
     """
     norm_order(norm)
     bias_apart = check_mlp_bias(mlp_bias) == "separate"
@@ -290,7 +194,7 @@ def compute_flow(
     if head_dtype is None:
         big = n_layers * n_tok * n_tok * n_heads * 4 > HEAD_FLOAT32_LIMIT
         head_dtype = torch.float16 if big else torch.float32
-    attn_heads = torch.zeros(n_layers, n_tok, n_tok, n_heads, dtype=head_dtype)
+    attn_heads = torch.empty(n_layers, n_tok, n_tok, n_heads, dtype=head_dtype)  # all written
     attn_edges = torch.zeros(n_layers, n_tok, n_tok)
     attn_resid = torch.zeros(n_layers, n_tok)
     attn_bias = torch.zeros(n_layers, n_tok)
@@ -300,13 +204,16 @@ def compute_flow(
     buffer: torch.Tensor | None = None  # the [H, T, S] head proximities, reused across layers
 
     with torch.no_grad():
-        for layer in range(n_layers):
+        for layer in reversed(range(n_layers)):  # any order; last first suits `on_pattern`
             check_cancelled(should_stop, "the information-flow computation")
             # Attention block: whole = resid_mid.
             pre, mid = view.resid_pre(layer), view.resid_mid(layer)
+            pattern = view.pattern(layer)
+            if on_pattern is not None:
+                on_pattern(layer, pattern)
             heads = head_proximities(  # [H, T, S]
                 mid,
-                view.pattern(layer),
+                pattern,
                 view.values(layer),
                 view.attn_weight(layer),
                 norm,

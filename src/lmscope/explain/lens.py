@@ -367,7 +367,7 @@ def head_output(view: TraceView, layer: int, head: int, position: int) -> torch.
     """[D] head h's output at `position`: sum_j A^h_ij v^h_j W_O^h (hook_result, no bias)."""
     layer = check_layer(layer, view.n_layers)
     head = check_head(head, view.n_heads)
-    weights = view.pattern(layer)[head, position]  # [S]
+    weights = view.pattern(layer, position)[head]  # [S]
     return weights @ view.head_vectors(layer)[:, head]
 
 

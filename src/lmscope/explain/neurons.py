@@ -56,7 +56,7 @@ def neuron_importances(
 ) -> dict[str, torch.Tensor]:
     """Shares of every neuron part, the residual and the bias in resid_post[layer, position]."""
     norm_order(norm)
-    hidden = view.mlp_hidden(layer)[position]  # [M]
+    hidden = view.mlp_hidden(layer, position)  # [M]
     w_out = view.mlp_weight(layer)  # [M, D]
     whole = view.resid_post(layer)[position]
     prox = proximity(whole[None], hidden[:, None] * w_out, norm)

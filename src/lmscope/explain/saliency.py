@@ -246,27 +246,50 @@ def _path_gradient(
     return total
 
 
+class RolloutRow:
+    """Attention rollout (Abnar & Zuidema 2020) of one position: row `position` of
+    M_{L-1} ... M_1 M_0, with M_l = residual I + (1 - residual) mean_h A_l (rows renormalised).
+
+    Built as a row vector from the last layer to the first (r <- r M_l), so it needs one
+    pattern at a time and no n x n product: `add` takes the layers in that order (as
+    `compute_flow(on_pattern=...)` hands them out), `attribution` computes any not yet given.
+    """
+
+    def __init__(self, view: TraceView, position: int = -1, residual: float = 0.5) -> None:
+        self.position = check_position(position, view.n_tokens, "position")
+        if not 0.0 <= residual <= 1.0:
+            raise ExplainInputError(f"residual must be in [0, 1], got {residual}")
+        self.view, self.residual = view, residual
+        self.next_layer = view.n_layers - 1
+        self.row = torch.zeros(self.position + 1, dtype=torch.float64)
+        self.row[self.position] = 1.0
+
+    def add(self, layer: int, pattern: torch.Tensor) -> None:
+        """r <- r M_layer, from the [H, T, S] pattern; layers must come last to first."""
+        if layer != self.next_layer:
+            raise ValueError(f"rollout expects layer {self.next_layer} next, got {layer}")
+        n, mix = self.position + 1, self.residual
+        a = pattern[:, :n, :n].double()  # [H, n, n]
+        row_sums = mix + (1.0 - mix) * a.sum(-1).mean(0)  # [n]
+        w = self.row / row_sums
+        self.row = mix * w + (1.0 - mix) * torch.einsum("i,hij->j", w, a) / a.shape[0]
+        self.next_layer -= 1
+
+    def attribution(self) -> Attribution:
+        for layer in range(self.next_layer, -1, -1):
+            self.add(layer, self.view.pattern(layer))
+        return Attribution(
+            "attention_rollout",
+            self.position,
+            None,
+            None,
+            self.row.float().tolist(),
+            self.view.tokens[: self.position + 1],
+            "attention",
+            {"residual": self.residual},
+        )
+
+
 def attention_rollout(view: TraceView, position: int = -1, residual: float = 0.5) -> Attribution:
-    """Attention rollout (Abnar & Zuidema 2020): head-averaged patterns mixed with the identity
-    (weight `residual`), multiplied through the layers; the row of `position`."""
-    position = check_position(position, view.n_tokens, "position")
-    if not 0.0 <= residual <= 1.0:
-        raise ExplainInputError(f"residual must be in [0, 1], got {residual}")
-    n = position + 1
-    eye = torch.eye(n)
-    rollout = eye
-    for layer in range(view.n_layers):
-        a = view.pattern(layer)[:, :n, :n].mean(0)
-        a = residual * eye + (1.0 - residual) * a
-        a = a / a.sum(-1, keepdim=True)
-        rollout = a @ rollout
-    return Attribution(
-        "attention_rollout",
-        position,
-        None,
-        None,
-        rollout[position].tolist(),
-        view.tokens[:n],
-        "attention",
-        {"residual": residual},
-    )
+    """Attention rollout (Abnar & Zuidema 2020) of `position`; see `RolloutRow`."""
+    return RolloutRow(view, position, residual).attribution()

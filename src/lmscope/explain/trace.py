@@ -13,7 +13,13 @@ from typing import Literal
 
 import torch
 
-from lmscope.explain.budget import ShouldStop, check_cancelled
+from lmscope.explain.budget import (
+    RELEASE_ABOVE,
+    ShouldStop,
+    bytes_per_point,
+    check_cancelled,
+    release_memory,
+)
 from lmscope.explain.errors import ExplainInputError, check_tokens
 from lmscope.model.modes import eval_mode
 from lmscope.model.trace import Trace, TraceRecorder
@@ -80,7 +86,10 @@ def record(
     check_tokens(t.shape[1], model.cfg.n_ctx)
     check_cancelled(should_stop, "tracing the prompt")
     with eval_mode(model):
-        return model.run_with_trace(t, names=keeps(neurons))
+        trace = model.run_with_trace(t, names=keeps(neurons))
+    if bytes_per_point(model.cfg, t.shape[1], model.dtype) > RELEASE_ABOVE:
+        release_memory()  # the forward's temporaries: the flow that follows would add to them
+    return trace
 
 
 class TraceView:
@@ -139,29 +148,39 @@ class TraceView:
         )
 
     # ---- attention ---------------------------------------------------------------------------
-    def pattern(self, layer: int) -> torch.Tensor:
+    def pattern(self, layer: int, position: int | None = None) -> torch.Tensor:
         """[H, T(query), T(key)] attention probabilities: recorded, or recomputed from the
         rotated queries and keys by the attention module's own pattern code (bit for bit the
-        pattern `run_with_trace` records; traces without an attention mask, as `record`'s)."""
+        pattern `run_with_trace` records; traces without an attention mask, as `record`'s).
+        position: only that query's row, [H, T(key)] (recomputed alone: equal to the full
+        pattern's row up to float rounding, at 1/T of the cost)."""
         attn = f"blocks.{layer}.attn."
         name = attn + "hook_pattern"
         rot = "rot_" if attn + "hook_rot_q" in self.trace else ""
         if name in self.trace or attn + f"hook_{rot}q" not in self.trace:
-            return self.get(name)
+            full = self.get(name)
+            return full if position is None else full[:, position]
         rows = slice(self.batch, self.batch + 1)
         q = self.trace[attn + f"hook_{rot}q"][rows].transpose(1, 2)  # [1, H, T, d]
         k = self.trace[attn + f"hook_{rot}k"][rows].transpose(1, 2)  # [1, K, S, d]
+        n_src = k.shape[2]
+        if position is not None:  # one query: the keys up to it, then zeros (future keys)
+            n_tok = q.shape[2]
+            keep = position % n_tok + 1 + n_src - n_tok
+            q, k = q[:, :, position % n_tok :][:, :, :1], k[:, :, :keep]
         n_kv = k.shape[1]
         group = q.shape[1] // n_kv
-        out = torch.empty(q.shape[1], q.shape[2], k.shape[2])
+        shape = (q.shape[1], q.shape[2], n_src)
+        out = torch.empty(shape) if position is None else torch.zeros(shape)
         # One key/value head (and its query heads) at a time: a third of the peak memory.
         for g in range(n_kv):
             rec = TraceRecorder({name})
             heads = slice(g * group, (g + 1) * group)
             with torch.no_grad():
                 self.block(layer).attn._record_pattern(q[:, heads], k[:, g : g + 1], None, rec)
-            out[heads] = rec.store.pop(name)[0]
-        return out
+            found = rec.store.pop(name)[0]
+            out[heads, :, : found.shape[-1]] = found
+        return out if position is None else out[:, 0]
 
     def values(self, layer: int) -> torch.Tensor:
         """[T, K, d] value vectors of the K key/value heads."""
@@ -197,13 +216,15 @@ class TraceView:
         """[T, D] MLP output including its output bias."""
         return self.get(f"blocks.{layer}.hook_mlp_out")
 
-    def mlp_hidden(self, layer: int) -> torch.Tensor:
+    def mlp_hidden(self, layer: int, position: int | None = None) -> torch.Tensor:
         """[T, M] hidden activations a_k (the input of W_out): recorded, or recomputed by the
-        block's own norm and MLP from the residual it read (bit for bit the recorded ones)."""
+        block's own norm and MLP from the residual it read (bit for bit the recorded ones).
+        position: only that token's, [M] (recomputed alone: equal up to float rounding)."""
         name = f"blocks.{layer}.mlp.hook_post"
         mid = f"blocks.{layer}.hook_resid_mid"
         if name in self.trace or mid not in self.trace:
-            return self.get(name)
+            full = self.get(name)
+            return full if position is None else full[position]
         block = self.block(layer)  # the whole batch, as in the forward: same matmul shapes
         if not self.parallel:
             x = self.trace[mid]
@@ -212,10 +233,14 @@ class TraceView:
         else:  # resid_pre = the previous block's resid_mid + mlp_out, as the block summed it
             prev = f"blocks.{layer - 1}."
             x = self.trace[prev + "hook_resid_mid"] + self.trace[prev + "hook_mlp_out"]
+        if position is not None:
+            x = x[self.batch : self.batch + 1, position][:, None]  # [1, 1, D]
         rec = TraceRecorder({name})
         with torch.no_grad():
             block.mlp(block.ln2(x), rec)
-        return rec.store[name][self.batch].detach().float().cpu()
+        hidden = rec.store[name][0 if position is not None else self.batch]
+        hidden = hidden.detach().float().cpu()
+        return hidden if position is None else hidden[0]
 
     def mlp_weight(self, layer: int) -> torch.Tensor:
         """[M, D]."""
