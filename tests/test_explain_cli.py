@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -20,9 +21,11 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
 
     loaded = FakeLoaded("tiny-gpt2", tiny_model("gpt2"), CharTokenizer())
     calls: list[str] = []
+    devices: list[object] = []
 
-    def load(name: str, **_: object) -> FakeLoaded:
+    def load(name: str, **kwargs: object) -> FakeLoaded:
         calls.append(name)
+        devices.append(kwargs.get("device"))
         return loaded
 
     monkeypatch.setattr(registry, "load", load)
@@ -34,6 +37,7 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
 
     explain_cmd.register(app)
     app.calls = calls  # type: ignore[attr-defined]
+    app.devices = devices  # type: ignore[attr-defined]
     return app
 
 
@@ -125,3 +129,23 @@ def test_bad_input_is_one_line(cli: typer.Typer, args: list[str], message: str) 
     assert "error:" in res.output and message in res.output and "Traceback" not in res.output
     if args[0] == "bias":
         assert cli.calls == []  # type: ignore[attr-defined]  # refused before loading the model
+
+
+@pytest.mark.parametrize(
+    "args", [["run", "tiny", "hi"], ["attribute", "tiny", "hi", "--methods", "occlusion"]]
+)
+def test_device_reaches_the_loader(cli: typer.Typer, args: list[str]) -> None:
+    res = run(cli, *args, "--device", "cuda:3")
+    assert res.exit_code == 0, res.output
+    assert cli.devices == ["cuda:3"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_device_without_a_gpu_is_one_line() -> None:
+    from lmscope.cli import _register, app
+
+    _register()
+    for args in (["run", "tiny-gpt2", "hi"], ["aggregate", __file__, "tiny-gpt2"]):
+        res = CliRunner().invoke(app, ["explain", *args, "--device", "cuda"])
+        assert res.exit_code == 2, res.output
+        assert "no CUDA GPU" in res.output and "Traceback" not in res.output

@@ -17,6 +17,9 @@ import typer
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# The --device option of every command that runs a model (checked by zoo.registry.check_device).
+DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N) when a GPU is present.")
+
 
 class UsageError(ValueError):
     """A command-line option or argument that cannot be used as given."""

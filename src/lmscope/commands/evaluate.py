@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from lmscope.commands.common import UsageError, user_errors
+from lmscope.commands.common import DEVICE_OPTION, UsageError, user_errors
 
 console = Console(stderr=True)
 
@@ -143,7 +143,7 @@ def eval_command(
     out: Path = typer.Option(Path("eval-out"), "--out", help="Directory for report.json/.html."),
     limit: int | None = typer.Option(None, help="Evaluate only the first N items of each task."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
-    device: str = typer.Option("cpu", help="cpu or cuda (cuda:N) when a GPU is present."),
+    device: str = DEVICE_OPTION,
     endpoint: str | None = typer.Option(
         None, help="Evaluate MODEL as served by this OpenAI-compatible URL (echo + logprobs)."
     ),
@@ -181,7 +181,7 @@ def compare_command(
     out: Path = typer.Option(Path("compare-out"), "--out", help="Directory for the reports."),
     limit: int | None = typer.Option(None, help="Evaluate only the first N items of each task."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
-    device: str = typer.Option("cpu", help="cpu or cuda (cuda:N) when a GPU is present."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Compare A and B on the same items: paired differences with CIs, p-values, a verdict."""
     from lmscope.evaluate.compare import compare_reports

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from lmscope.commands.common import user_errors
+from lmscope.commands.common import DEVICE_OPTION, user_errors
 
 console = Console()
 err_console = Console(stderr=True)
@@ -71,6 +71,7 @@ def explain(
         "--quantize",
         help="int8: explain the weights `serve --quantize int8` serves (dequantised int8).",
     ),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Explain a prediction: routes, heads, neurons, lens, saliency (the default command).
 
@@ -97,7 +98,7 @@ def explain(
 
         check_quantize_mode(quantize)
     with err_console.status(f"loading {model}"):
-        loaded = load(model)
+        loaded = load(model, device=device)
     if quantize is not None:  # the served weights, named so in the result's "model" field
         from lmscope.model.quantized import served_for_explaining
 
@@ -192,11 +193,11 @@ def register(app: typer.Typer) -> None:
 
 
 # ---- subcommands ------------------------------------------------------------------------------
-def _load(model: str) -> Any:
+def _load(model: str, device: str = "cpu") -> Any:
     from lmscope.zoo.registry import load
 
     with err_console.status(f"loading {model}"):
-        return load(model)
+        return load(model, device=device)
 
 
 def _encoder(loaded: Any) -> tuple[Any, Any]:
@@ -217,6 +218,7 @@ def bias(
     components: bool = typer.Option(
         True, help="Rank the heads and neurons that carry each difference (slower)."
     ),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Bias probes: probability gaps of target continuations between groups, with a CI."""
     from lmscope.explain.bias import run_probes
@@ -225,7 +227,7 @@ def bias(
 
     parsed = load_probes(probes)  # bad probe files fail before the model loads
     check_count(n_boot, "--n-boot")
-    m, tok = _encoder(_load(model))
+    m, tok = _encoder(_load(model, device))
     with err_console.status("running the probes"):
         report = run_probes(
             m, tok.encode, parsed, name=model, n_boot=n_boot, seed=seed, components=components
@@ -258,6 +260,7 @@ def attribute(
     seed: int = typer.Option(0, "--seed"),
     window: int = typer.Option(1, "--window", help="Occlusion window in tokens."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the results as JSON."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Perturbation attributions over input tokens, with agreement and deletion/insertion AUC.
 
@@ -284,7 +287,7 @@ def attribute(
         )
     check_count(n_samples, "--n-samples")
     check_count(window, "--window")
-    m, tok = _encoder(_load(model))
+    m, tok = _encoder(_load(model, device))
     ids = list(tok.encode(prompt))
     runs = {
         "occlusion": lambda: occlusion(m, ids, window=window),
@@ -346,6 +349,7 @@ def aggregate_cmd(
     tau: float = typer.Option(0.04, "--tau"),
     out: Path | None = typer.Option(None, "--out", "-o", help="JSON, or .html for a diff."),
     top: int = typer.Option(10, "--top"),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Which heads and neurons matter over a prompt set; --diff compares a second model.
 
@@ -358,7 +362,7 @@ def aggregate_cmd(
 
     check_tau(tau)
     texts = _read_prompts(prompts)
-    m, tok = _encoder(_load(model))
+    m, tok = _encoder(_load(model, device))
     ids = [list(tok.encode(t)) for t in texts]
     with err_console.status(f"aggregating {len(ids)} prompts"):
         stats = aggregate(m, ids, tau=tau, name=model)
@@ -372,7 +376,7 @@ def aggregate_cmd(
     console.print(table)
     result: object = stats
     if other is not None:
-        m2, tok2 = _encoder(_load(other))
+        m2, tok2 = _encoder(_load(other, device))
         with err_console.status(f"aggregating {other}"):
             stats2 = aggregate(m2, [list(tok2.encode(t)) for t in texts], tau=tau, name=other)
         diff = circuit_diff(stats, stats2, k=top)
@@ -401,6 +405,7 @@ def rules_cmd(
     ),
     max_depth: int = typer.Option(3, "--max-depth"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the rules as JSON."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Plain-text rules that mimic the model's decisions, with held-out fidelity.
 
@@ -409,7 +414,7 @@ def rules_cmd(
     from lmscope.explain.rules import fit_rules, model_decisions
 
     texts = _read_prompts(prompts)
-    m, tok = _encoder(_load(model))
+    m, tok = _encoder(_load(model, device))
     choices = [c for c in labels.split(",")] if labels else None
     with err_console.status(f"deciding {len(texts)} prompts"):
         decisions = model_decisions(m, tok.encode, lambda t: tok.decode([t]), texts, choices)

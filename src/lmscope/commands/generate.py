@@ -9,7 +9,7 @@ from enum import Enum
 
 import typer
 
-from lmscope.commands.common import user_errors
+from lmscope.commands.common import DEVICE_OPTION, user_errors
 
 ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
 
@@ -50,7 +50,7 @@ def generate(
     ),
     dtype: DType = typer.Option(DType.float32, help="Weights dtype."),
     threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's)."),
-    device: str = typer.Option("cpu", help="cpu or cuda (cuda:N) when a GPU is present."),
+    device: str = DEVICE_OPTION,
     prepack: bool = typer.Option(
         True,
         help="Prepack float32 weights for faster CPU decoding (costs one more copy of the "

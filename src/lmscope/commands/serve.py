@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from lmscope.commands.common import UsageError, fail, user_errors
+from lmscope.commands.common import DEVICE_OPTION, UsageError, fail, user_errors
 
 if TYPE_CHECKING:
     from lmscope.serve.drift import DriftSettings
@@ -84,7 +84,7 @@ def serve(
         help="Prepack float32 weights for faster CPU decoding (costs one more copy of the "
         "weights in memory).",
     ),
-    device: str = typer.Option("cpu", help="cpu or cuda (cuda:N) when a GPU is present."),
+    device: str = DEVICE_OPTION,
     threads: int | None = typer.Option(
         None, help="CPU threads for torch (default: torch's choice, usually the core count)."
     ),
