@@ -92,6 +92,18 @@ def test_packed_occlusion_rows_equal_full_forwards(family: str) -> None:
     assert scorer.n_positions - before == need  # no padding
 
 
+def test_packed_rows_on_the_prepacked_path() -> None:
+    """The packed mask and `at` also go through the prepacked inference path (float32 rounding
+    apart, the reference path's scores)."""
+    model = tiny_model("llama_gqa", n_layers=2)
+    want = forward_score(model)(torch.where(~torch.eye(T, dtype=torch.bool), ids(), BASE))
+    if not model.enable_prepacked():
+        pytest.skip("no oneDNN here")
+    got = occlusion(model, ids(), target=TARGET, baseline=BASE, batch_size=3)
+    model.disable_prepacked()
+    close(got.scores, got.meta["value"] - want, tol=1e-4)  # score(prompt) - score(occluded)
+
+
 def test_model_unembeds_only_the_positions_asked_for() -> None:
     model = tiny_model("llama_gqa", n_layers=2)
     at = torch.tensor([[0, 4, 8], [3, 3, 1]])
