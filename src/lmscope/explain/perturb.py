@@ -5,7 +5,8 @@ Every method explains the same score as the gradient methods of `saliency` (the 
 or log-probability at `position`, optionally minus a foil's) and returns the same `Attribution`.
 A token is removed by putting a baseline token in its place (default: the model's end-of-text
 token). Scores are computed by `MaskScorer`, batched and reusing the KV cache of every
-perturbed row's unchanged prefix, so occluding late tokens costs only the tokens after them.
+perturbed row's unchanged prefix, so occluding late tokens costs only the tokens after them (the
+rows' suffixes are packed side by side, so short ones add no padding).
 
 The definitions follow Captum 0.9 (the test oracle, tests/test_explain_perturb.py):
 - feature ablation: attr(feature) = score(prompt) - score(prompt with the feature's tokens
