@@ -285,6 +285,26 @@ def test_packing_covers_every_row_once_within_capacity() -> None:
     assert pack([], 64) == []
 
 
+def test_batches_bound_rows_and_the_kv_cache() -> None:
+    from lmscope.explain.perturb_eval import batches
+
+    g = torch.Generator().manual_seed(1)
+    shapes = [(int(p), int(n)) for p, n in torch.randint(0, 64, (50, 2), generator=g) + 1]
+    spans = batches(shapes, 6, 400)
+    assert spans[0][0] == 0 and spans[-1][1] == 50
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # contiguous, no overlap
+    for lo, hi in spans:
+        part = shapes[lo:hi]
+        assert 1 <= len(part) <= 6
+        cache = len(part) * (max(p for p, _ in part) + max(n for _, n in part))
+        assert len(part) == 1 or cache <= 400
+        if hi < 50 and len(part) < 6:  # closed only when the next row would break a bound
+            more = [*part, shapes[hi]]
+            assert len(more) * (max(p for p, _ in more) + max(n for _, n in more)) > 400
+    assert batches([(500, 500)], 6, 400) == [(0, 1)]  # one row even over the budget
+    assert batches([], 6, 400) == []
+
+
 def test_long_prompts_get_fewer_rows_per_batch() -> None:
     from lmscope.explain.perturb_eval import TOKENS_PER_BATCH
 

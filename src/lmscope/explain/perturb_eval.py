@@ -31,7 +31,7 @@ from lmscope.model.transformer import Transformer
 
 DEFAULT_BATCH = 16  # packed rows (each at most the prompt's length) per forward
 MAX_SEGMENTS = 8  # perturbed rows packed into one batch row at most
-TOKENS_PER_BATCH = 8192  # rows x prompt length per batch at most (bounds the batch's KV cache)
+TOKENS_PER_BATCH = 8192  # cached + new positions x rows per batch at most (bounds its KV cache)
 
 
 def check_token_id(model: Transformer, token: int | None, what: str) -> None:
@@ -86,6 +86,22 @@ def pack(lengths: list[int], capacity: int, most: int = MAX_SEGMENTS) -> list[li
             open_bins.remove(b)
     order = sorted(range(len(bins)), key=lambda b: -fill[b])
     return [bins[b] for b in order]
+
+
+def batches(shapes: list[tuple[int, int]], most: int, budget: int) -> list[tuple[int, int]]:
+    """Consecutive [lo, hi) runs of packed rows, given as (cached prefix, positions) each, for
+    one forward each: at most `most` rows, and rows x (longest prefix + most positions) at most
+    `budget` (the batch's KV cache), though never fewer than one row."""
+    out: list[tuple[int, int]] = []
+    lo, past, width = 0, 0, 0
+    for i, (p, n) in enumerate(shapes):
+        past, width = max(past, p), max(width, n)
+        if i > lo and (i - lo + 1 > most or (i - lo + 1) * (past + width) > budget):
+            out.append((lo, i))
+            lo, past, width = i, p, n
+    if shapes:
+        out.append((lo, len(shapes)))
+    return out
 
 
 class MaskScorer:
@@ -170,11 +186,10 @@ class MaskScorer:
             starts = best[idx].tolist()
             lengths = [self.n_tokens - p for p in starts]
             bins = pack(lengths, max(lengths))
-            for k in range(0, len(bins), self.batch_size):
+            shapes = [(max(starts[i] for i in b), sum(lengths[i] for i in b)) for b in bins]
+            for lo, hi in batches(shapes, self.batch_size, TOKENS_PER_BATCH):
                 check_cancelled(self.should_stop, "the perturbation attribution")
-                group = [
-                    [(int(idx[i]), starts[i]) for i in b] for b in bins[k : k + self.batch_size]
-                ]
+                group = [[(int(idx[i]), starts[i]) for i in b] for b in bins[lo:hi]]
                 rows_run = torch.tensor([r for b in group for r, _ in b])
                 out[rows_run] = self._run(host_rows, group, which)
         return out
