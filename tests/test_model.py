@@ -337,3 +337,18 @@ def test_unknown_preset_names_the_close_one_and_the_list() -> None:
     fields = preset_fields("tiny-rope-llama3")
     fields["rope_scaling"]["factor"] = 1.0  # a fresh copy: the table itself is unchanged
     assert preset_fields("tiny-rope-llama3")["rope_scaling"]["factor"] == 8.0
+
+
+def test_inference_on_cuda_leaves_out_cudnn_attention() -> None:
+    """cuDNN attention plans every new shape (a decode step's keys grow by one): inference on
+    CUDA runs without it; training and CPU keep every backend."""
+    from lmscope.model.block import attention_backends
+
+    with attention_backends(torch.device("cuda"), training=False):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled()
+        assert torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored
+    for device, training in ((torch.device("cuda"), True), (torch.device("cpu"), False)):
+        with attention_backends(device, training):
+            assert torch.backends.cuda.cudnn_sdp_enabled()

@@ -9,10 +9,12 @@ D = d_model, d = d_head, M = d_mlp.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lmscope.model.cache import KVCache, SlotKVCache
 from lmscope.model.config import ModelConfig
@@ -20,6 +22,19 @@ from lmscope.model.hooks import HookPoint
 from lmscope.model.layers import ACTIVATIONS, make_norm
 from lmscope.model.positional import apply_rope
 from lmscope.model.trace import TraceRecorder
+
+# cuDNN attention builds an execution plan for every new shape (1.5 ms of CPU a call on an H200,
+# torch 2.11): decoding, whose keys grow by one each step, would build one per token and layer,
+# and serving sees a new prompt length with every request. Inference on CUDA uses the others.
+_INFERENCE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def attention_backends(device: torch.device, training: bool) -> AbstractContextManager[None]:
+    """The SDPA kernels allowed for this call: all when training or off CUDA."""
+    if training or device.type != "cuda":
+        return nullcontext()
+    return sdpa_kernel(_INFERENCE_BACKENDS)
+
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin [b, 1, T, rotary_dim]
 
@@ -80,15 +95,16 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer, k, v)
         # The trace path mixes values with the same kernel as the reference path, so both give the
         # same residual stream bit for bit; the pattern is recorded from an explicit softmax.
-        z = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None and q.shape[2] > 1,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )
+        with attention_backends(q.device, self.training):
+            z = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=mask is None and q.shape[2] > 1,
+                enable_gqa=self.n_kv_heads != self.n_heads,
+            )
         b, _, t, _ = z.shape
         z_heads = self.hook_z(z.transpose(1, 2))  # [b, T, H, d]
         if rec is not None:
