@@ -352,3 +352,19 @@ def test_inference_on_cuda_leaves_out_cudnn_attention() -> None:
     for device, training in ((torch.device("cuda"), True), (torch.device("cpu"), False)):
         with attention_backends(device, training):
             assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_eval_mode_restores_every_submodule_mode() -> None:
+    from lmscope.model.modes import eval_mode
+
+    model = make_model(**FAMILIES["tiny-llama"]).train()
+    model.blocks[0].eval()  # a frozen part stays in eval mode after
+    before = [m.training for m in model.modules()]
+    assert any(before) and not all(before)
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == before
+    model.eval()
+    with eval_mode(model):
+        pass
+    assert not any(m.training for m in model.modules())
