@@ -127,11 +127,13 @@ class Attention(nn.Module):
         group = self.n_heads // self.n_kv_heads
         if group > 1:
             k = k.repeat_interleave(group, dim=1)
-        scores = (q @ k.transpose(-1, -2)) * self.scale  # [b, H, T, S]
+        scores = (q @ k.transpose(-1, -2)).mul_(self.scale)  # [b, H, T, S]
         t, s = scores.shape[-2:]
-        if mask is None:
-            mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
-        scores = scores.masked_fill(~mask, float("-inf"))
+        if mask is None:  # causal: the keys after each query's own position
+            future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu_(s - t + 1)
+        else:
+            future = ~mask
+        scores.masked_fill_(future, float("-inf"))
         rec(name + "hook_attn_scores", scores)
         rec(name + "hook_pattern", torch.softmax(scores.float(), dim=-1).to(q.dtype))
 
