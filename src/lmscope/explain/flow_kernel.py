@@ -87,7 +87,7 @@ def l1_head_proximities(
     d_model = whole.shape[-1]
     offset = n_src - n_tok
     u = torch.bmm(v, w_o)  # [H, S, D]
-    u_max = u.abs().amax(-1)  # [H, S]
+    u_max = torch.maximum(u.amax(-1), u.amin(-1).neg_())  # [H, S]: max |u|, no |u| copy
     sign = torch.where(whole >= 0, 1.0, -1.0).to(dtype)  # [T, D]
     w_flat = w_o.permute(2, 0, 1).reshape(d_model, -1)  # [D, H*d]
     signed_w = (sign @ w_flat).view(n_tok, n_heads, -1).transpose(0, 1)  # [H, T, d]
