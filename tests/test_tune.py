@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from lmscope.train.config import load_config
 from lmscope.tune.errors import TuneError
-from lmscope.tune.report import export, load_study, write_report
+from lmscope.tune.report import export, load_study, summary_lines, write_report
 from lmscope.tune.run import run_search
 from lmscope.tune.samplers import make_pruner, make_sampler
 from lmscope.tune.search import parse_search
@@ -185,7 +185,7 @@ def test_tpe_with_asha_finishes_exactly_its_trials_each_a_real_run(
 def test_report_writes_a_ready_training_config_json_and_offline_html(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    search = write_search(tmp_path, data_dir, budget={"trials": 4}, pruner="none")
+    search = write_search(tmp_path, data_dir, budget={"trials": 5}, pruner="none")
     run_search(search)
     study = load_study(default_url(tmp_path / "study"))
     paths = write_report(study, tmp_path / "report")
@@ -197,7 +197,7 @@ def test_report_writes_a_ready_training_config_json_and_offline_html(
     data = json.loads(paths["json"].read_text())
     assert data["best"][0]["number"] == best.number
     assert data["totals"]["tokens"] == sum(t.user_attrs["tokens"] for t in study.trials)
-    assert len(data["trials"]) == 4 and data["counts"]["COMPLETE"] == 4
+    assert len(data["trials"]) == 5 and data["counts"]["COMPLETE"] == 5
     assert set(data["importances"][0]["params"]) == set(SPACE)
     assert sum(data["importances"][0]["params"].values()) == pytest.approx(1.0)
     page = paths["html"].read_text()
@@ -264,6 +264,9 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(data_dir: Path, tmp_pat
     retry = next(t for t in done if t.user_attrs["slot"] == 0)
     assert retry.system_attrs["failed_trial"] == failed[0].number
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    data = export(load_study(default_url(tmp_path / "study")))
+    assert data["counts"]["FAIL"] == 1 and data["counts"]["RETRIED"] == 1
+    assert "0 failed, 1 interrupted and queued again" in summary_lines(data)[0]
 
 
 def test_several_objectives_give_the_pareto_front(data_dir: Path, tmp_path: Path) -> None:
@@ -322,6 +325,9 @@ def test_cli_reports_user_mistakes_in_one_line(data_dir: Path, tmp_path: Path) -
     assert runner.invoke(app, ["tune", str(good)]).exit_code == 0
     result = runner.invoke(app, ["tune", "report", str(tmp_path / "study"), "--no-table"])
     assert result.exit_code == 0 and "best trial" in result.output
+    assert "needs 5 complete trials (2 so far)" in result.output  # no importance from 2 points
+    result = runner.invoke(app, ["tune", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "search file not found" in result.output
     assert (tmp_path / "study" / "report" / "best.yaml").is_file()
     assert math.isfinite(json.loads((tmp_path / "study" / "report" / "study.json").read_text())
                          ["best"][0]["values"][0])  # fmt: skip

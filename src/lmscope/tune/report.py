@@ -27,6 +27,8 @@ from lmscope.tune.space import Param, SearchSpace, literal
 from lmscope.tune.storage import DB_FILE, default_url, safe_url
 from lmscope.tune.study import META
 
+MIN_IMPORTANCE_TRIALS = 5
+
 
 def load_study(url: str, name: str | None = None) -> optuna.Study:
     """A study read back from storage (the only one there when `name` is None)."""
@@ -95,11 +97,12 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def importances(study: optuna.Study) -> list[dict[str, float]]:
-    """Per objective, each parameter's share of the objective's variation (PED-ANOVA)."""
+    """Per objective, each parameter's share of the objective's variation (PED-ANOVA); none
+    from fewer than MIN_IMPORTANCE_TRIALS complete trials (a share of two points is noise)."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     out: list[dict[str, float]] = []
     for index in range(len(study.directions)):
-        if len(done) < 2 or not any(t.params for t in done):
+        if len(done) < MIN_IMPORTANCE_TRIALS or not any(t.params for t in done):
             out.append({})
             continue
 
@@ -145,6 +148,14 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Failed trials that were queued again (interrupted, or stale after their worker died)."""
+    # Optuna's retry callback names the failed trial on its copy (what `retried_trial_number`,
+    # an experimental API, reads).
+    found = (t.system_attrs.get("failed_trial") for t in trials)
+    return {int(n) for n in found if n is not None}
+
+
 def export(study: optuna.Study) -> dict[str, Any]:
     """Everything the report shows, as plain data (the JSON export for model cards)."""
     info = meta(study)
@@ -159,7 +170,10 @@ def export(study: optuna.Study) -> dict[str, Any]:
         "budget": info["budget"],
         "space": info["space"],
         "base_config": info["base"],
-        "counts": {s.name: sum(t.state == s for t in trials) for s in TrialState},
+        "counts": {
+            **{s.name: sum(t.state == s for t in trials) for s in TrialState},
+            "RETRIED": len(retried_numbers(trials)),  # of FAIL: queued again, not lost
+        },
         "totals": {
             "tokens": sum(int(r["tokens"] or 0) for r in rows),
             "seconds": round(sum(float(r["seconds"] or 0) for r in rows), 3),
@@ -187,10 +201,12 @@ def _param_text(value: Any) -> str:
 def summary_lines(data: dict[str, Any]) -> list[str]:
     """The printed report (from `export`): counts, compute, best trial, importances."""
     c = data["counts"]
+    retried = c.get("RETRIED", 0)
     metrics = ", ".join(o["metric"] for o in data["objectives"])
     lines = [
         f"study {data['study']}: {c['COMPLETE']} complete, {c['PRUNED']} pruned, "
-        f"{c['FAIL']} failed, {c['RUNNING']} running, {c['WAITING']} waiting; "
+        f"{c['FAIL'] - retried} failed, {retried} interrupted and queued again, "
+        f"{c['RUNNING']} running, {c['WAITING']} waiting; "
         f"{data['totals']['tokens']:,} tokens, {data['totals']['seconds']:.1f} s of training"
     ]
     if not data["best"]:
@@ -203,6 +219,11 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         if entry["params"]:
             shares = ", ".join(f"{k} {v:.2f}" for k, v in entry["params"].items())
             lines.append(f"importance for {entry['objective']}: {shares}")
+        elif c["COMPLETE"] < MIN_IMPORTANCE_TRIALS:
+            lines.append(
+                f"importance for {entry['objective']}: needs {MIN_IMPORTANCE_TRIALS} complete "
+                f"trials ({c['COMPLETE']} so far)"
+            )
     return lines
 
 

@@ -303,6 +303,8 @@ def parse_search(raw: Any, folder: Path = Path("."), default_name: str = "study"
 
 def load_search(path: str | Path) -> Search:
     path = Path(path)
+    if not path.is_file():
+        raise TuneError(f"search file not found: {path} (see examples/search_tiny.yaml)")
     try:
         raw = read_yaml(path)
     except TrainConfigError as err:
