@@ -13,6 +13,7 @@ by their work (causal rows grow with the target); the loop releases the GIL.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 
@@ -57,6 +58,15 @@ def _executor(threads: int) -> ThreadPoolExecutor:
     if _pool is None or _pool._max_workers != threads:
         _pool = ThreadPoolExecutor(threads, thread_name_prefix="lmscope-flow")
     return _pool
+
+
+def _forget_pool() -> None:
+    """A forked child has none of the parent's threads: it starts its own pool."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _split(i0: int, n_rows: int, n_heads: int, offset: int, parts: int) -> list[int]:
