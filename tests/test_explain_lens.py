@@ -217,6 +217,9 @@ def test_lens_and_heads_on_a_lean_trace() -> None:
     model = tiny_model("llama_gqa")
     trace = record(model, tokens(T))
     assert "blocks.0.attn.hook_result" not in trace and "blocks.1.hook_resid_pre" not in trace
+    # RoPE: the rotated q, k and a copy of v are kept, not the q/k/v projection they viewed
+    assert "blocks.0.attn.hook_q" not in trace and "blocks.0.attn.hook_rot_q" in trace
+    assert trace["blocks.0.attn.hook_v"].is_contiguous()
     view = TraceView(model, trace)
     assert torch.equal(view.resid_pre(1), view.resid_post(0))
     assert torch.equal(lens_logits(model, view, "L2/resid_post"), trace.logits[0])
@@ -229,6 +232,9 @@ def test_lens_and_heads_on_a_lean_trace() -> None:
         assert (a.activation, a.importance) == pytest.approx((b.activation, b.importance), rel=1e-5)
     for layer in range(model.cfg.n_layers):  # single rows of a lean trace equal the full ones
         for position in (0, 3, T - 1, -1):
+            for kind in ("embed", "resid_mid", "resid_post"):
+                full = view.residual(kind, layer)[position]  # type: ignore[arg-type]
+                assert torch.equal(view.residual(kind, layer, position), full)  # type: ignore[arg-type]
             torch.testing.assert_close(
                 view.mlp_hidden(layer, position), view.mlp_hidden(layer)[position]
             )

@@ -231,6 +231,7 @@ def compute_flow(
             torch.sum(heads, 0, out=attn_edges[layer])
             attn_resid[layer] = normalise(resid, total)
             attn_bias[layer] = normalise(bias, total)
+            del pattern  # 4 T^2 H bytes: not alive while the next layer's is computed
 
             # MLP block: whole = resid_post = resid_mid + mlp_out (parallel blocks too).
             post = view.resid_post(layer)

@@ -102,7 +102,7 @@ def l1_head_proximities(
     w_flat = w_o.permute(2, 0, 1).reshape(d_model, -1)  # [D, H*d]
     signed_w = (sign @ w_flat).view(n_tok, n_heads, -1).transpose(0, 1)  # [H, T, d]
     y_abs = whole.abs().numpy()
-    order = np.argsort(y_abs, axis=-1)  # the smallest |y| of each target first
+    order = np.argsort(y_abs, axis=-1).astype(np.int32)  # the smallest |y| of each target first
     tables = (
         u.numpy(),
         u_max.numpy(),

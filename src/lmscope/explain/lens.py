@@ -194,8 +194,18 @@ def _ranks_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    return -(logp.exp() * logp).sum(-1).float()
+    """Entropy of each row's softmax, in float64 a few rows at a time (a [61, 49152] float64
+    block would be 24 MB per temporary)."""
+    out = []
+    for rows in logits.split(8):
+        logp = torch.log_softmax(rows.double(), dim=-1)
+        out.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(out).float()
+
+
+def _probs(logits: torch.Tensor) -> torch.Tensor:
+    """softmax(logits) of each row, computed in float64 a few rows at a time."""
+    return torch.cat([torch.softmax(rows.double(), dim=-1).float() for rows in logits.split(8)])
 
 
 def _text(decode: Decode | None, token: int) -> str | None:
@@ -213,7 +223,7 @@ def lens_table(
     """The logit lens of every residual node at one position, with rank changes."""
     position = check_position(position, view.n_tokens, "position")
     nodes = lens_nodes(view.n_layers)
-    x = torch.stack([view.residual(kind, layer)[position] for kind, layer in nodes])
+    x = torch.stack([view.residual(kind, layer, position) for kind, layer in nodes])
     logits = project(model, x, final_norm)  # [N, V]
     return _lens_rows(logits, nodes, position, k, final_norm, decode)
 
@@ -227,7 +237,7 @@ def _lens_rows(
     decode: Decode | None,
 ) -> list[LensResult]:
     k = min(k, logits.shape[-1])
-    probs = torch.softmax(logits.double(), dim=-1).float()
+    probs = _probs(logits)
     entropy = _entropy(logits)
     top_logit, top_idx = logits.topk(k, dim=-1)
     rows = []
@@ -268,7 +278,7 @@ def logit_lens(
     chain = lens_nodes(view.n_layers)
     index = chain.index((kind, layer))
     nodes = chain[max(0, index - 1) : index + 1]
-    x = torch.stack([view.residual(kd, ly)[position] for kd, ly in nodes])
+    x = torch.stack([view.residual(kd, ly, position) for kd, ly in nodes])
     rows = _lens_rows(project(model, x, final_norm), nodes, position, k, final_norm, decode)
     return rows[-1]
 
@@ -284,7 +294,7 @@ def trajectory(
     """Rank, probability and entropy of `token` (default: the model's prediction) at every node."""
     position = check_position(position, view.n_tokens, "position")
     nodes = lens_nodes(view.n_layers)
-    x = torch.stack([view.residual(kind, layer)[position] for kind, layer in nodes])
+    x = torch.stack([view.residual(kind, layer, position) for kind, layer in nodes])
     logits = project(model, x, final_norm)
     if token is None:
         token = int(logits[-1].argmax())
@@ -294,7 +304,7 @@ def trajectory(
         )
     index = torch.full((len(nodes), 1), token)
     ranks = _ranks_of(logits, index)[:, 0]
-    probs = torch.softmax(logits.double(), dim=-1)[:, token].float()
+    probs = _probs(logits)[:, token]
     return Trajectory(
         position=position,
         token=token,

@@ -190,7 +190,7 @@ def _node_lens(ex: Explanation, targets: list[int]) -> dict[str, list[list[Any]]
     out: dict[str, list[list[Any]]] = {}
     for start in range(0, len(wanted), 256):
         chunk = wanted[start : start + 256]
-        x = torch.stack([ex.view.residual(k, layer)[pos] for k, layer, pos in chunk])  # type: ignore[arg-type]
+        x = torch.stack([ex.view.residual(k, layer, pos) for k, layer, pos in chunk])  # type: ignore[arg-type]
         probs = torch.softmax(project(ex.model_ref, x).double(), -1).float()
         top_v, top_i = probs.topk(K, dim=-1)
         for (kind, layer, pos), vals, ids in zip(

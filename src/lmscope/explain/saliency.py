@@ -269,10 +269,11 @@ class RolloutRow:
         if layer != self.next_layer:
             raise ValueError(f"rollout expects layer {self.next_layer} next, got {layer}")
         n, mix = self.position + 1, self.residual
-        a = pattern[:, :n, :n].double()  # [H, n, n]
-        row_sums = mix + (1.0 - mix) * a.sum(-1).mean(0)  # [n]
+        a = pattern[:, :n, :n]  # [H, n, n], in its own dtype: a float64 copy would be 8 H n^2 B
+        row_sums = mix + (1.0 - mix) * a.sum(-1).double().mean(0)  # [n]
         w = self.row / row_sums
-        self.row = mix * w + (1.0 - mix) * torch.einsum("i,hij->j", w, a) / a.shape[0]
+        spread = torch.matmul(w.to(a.dtype), a).sum(0).double() / a.shape[0]  # w M_heads-mean
+        self.row = mix * w + (1.0 - mix) * spread
         self.next_layer -= 1
 
     def attribution(self) -> Attribution:
