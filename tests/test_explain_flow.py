@@ -246,9 +246,13 @@ def test_fast_kernel_equals_the_old_one_on_every_family(setup) -> None:  # type:
             assert (new.permute(1, 2, 0) - old).abs().max() < 1e-5 * max(1.0, float(old.max()))
 
 
-def test_recomputed_patterns_are_the_recorded_ones(setup) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("one_call", [1 << 21, 0])  # all heads at once / one kv head at a time
+def test_recomputed_patterns_are_the_recorded_ones(setup, one_call: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """`record` keeps q and k, not the patterns (nor the MLP hidden activations); TraceView
-    recomputes them bit for bit, for every row of a batch too."""
+    recomputes them bit for bit, for every row of a batch too, in one call or per kv head."""
+    from lmscope.explain import trace as trace_module
+
+    monkeypatch.setattr(trace_module, "ONE_CALL_PATTERN", one_call)
     _, model, trace, _ = setup
     assert not [n for n in trace.activations if n.endswith("hook_pattern")]
     ids = torch.stack([tokens(T), tokens(T, seed=2)])

@@ -164,6 +164,43 @@ def _head_proximities_l2(
     return prox.masked_fill_(pattern == 0, 0.0).clamp_(min=0.0)
 
 
+def _layer_groups(n_layers: int, per_layer: int, budget: int = 1 << 22) -> list[list[int]]:
+    """Layers in groups whose stacked [G, T, D] residuals hold at most `budget` floats."""
+    size = max(1, budget // max(1, per_layer))
+    return [list(range(i, min(n_layers, i + size))) for i in range(0, n_layers, size)]
+
+
+def _vector_parts(
+    view: TraceView, layers: list[int], norm: str, bias_apart: bool
+) -> dict[str, torch.Tensor]:
+    """Proximities [G, T] of the parts that are one vector per token, for a group of layers at
+    once (a few large operations instead of many small ones): resid_pre and b_O in resid_mid;
+    the MLP output, resid_mid and (bias_apart) b_out in resid_post."""
+    pre = torch.stack([view.resid_pre(layer) for layer in layers])  # [G, T, D]
+    mid = torch.stack([view.resid_mid(layer) for layer in layers])
+    post = torch.stack([view.resid_post(layer) for layer in layers])
+    out = torch.stack([view.mlp_out(layer) for layer in layers])
+    none = torch.zeros(mid.shape[:2])
+    b_o = [view.attn_bias(layer) for layer in layers]
+    b_out = [view.mlp_bias(layer) for layer in layers] if bias_apart else [None]
+    parts = {"resid": proximity(mid, pre, norm), "mlp_resid": proximity(post, mid, norm)}
+    parts["bias"] = none if b_o[0] is None else proximity(mid, _stack_bias(b_o), norm)
+    if b_out[0] is None:
+        parts["mlp"], parts["mlp_bias"] = proximity(post, out, norm), none
+    else:
+        bias = _stack_bias(b_out)
+        parts["mlp"], parts["mlp_bias"] = (
+            proximity(post, out - bias, norm),
+            proximity(post, bias, norm),
+        )
+    return parts
+
+
+def _stack_bias(biases: list[torch.Tensor | None]) -> torch.Tensor:
+    """[G, 1, D] from one [D] bias per layer."""
+    return torch.stack([b for b in biases if b is not None])[:, None, :]
+
+
 def compute_flow(
     model: Transformer,
     trace: Trace | TraceView,
@@ -202,17 +239,26 @@ def compute_flow(
     mlp_resid = torch.zeros(n_layers, n_tok)
     mlp_bias_share = torch.zeros(n_layers, n_tok)
     buffer: torch.Tensor | None = None  # the [H, T, S] head proximities, reused across layers
+    resid_prox = torch.zeros(n_layers, n_tok)  # resid_pre's proximity to resid_mid
+    bias_prox = torch.zeros(n_layers, n_tok)  # b_O's
 
     with torch.no_grad():
+        for layers in _layer_groups(n_layers, n_tok * view.cfg.d_model):
+            parts = _vector_parts(view, layers, norm, bias_apart)
+            resid_prox[layers], bias_prox[layers] = parts["resid"], parts["bias"]
+            p_mlp, p_res, p_bias = parts["mlp"], parts["mlp_resid"], parts["mlp_bias"]
+            total2 = p_mlp + p_res + p_bias
+            mlp[layers] = normalise(p_mlp, total2)
+            mlp_resid[layers] = normalise(p_res, total2)
+            mlp_bias_share[layers] = normalise(p_bias, total2)
         for layer in reversed(range(n_layers)):  # any order; last first suits `on_pattern`
             check_cancelled(should_stop, "the information-flow computation")
             # Attention block: whole = resid_mid.
-            pre, mid = view.resid_pre(layer), view.resid_mid(layer)
             pattern = view.pattern(layer)
             if on_pattern is not None:
                 on_pattern(layer, pattern)
             heads = head_proximities(  # [H, T, S]
-                mid,
+                view.resid_mid(layer),
                 pattern,
                 view.values(layer),
                 view.attn_weight(layer),
@@ -221,9 +267,7 @@ def compute_flow(
                 out=buffer,
             )
             buffer = heads
-            resid = proximity(mid, pre, norm)
-            b_o = view.attn_bias(layer)
-            bias = proximity(mid, b_o, norm) if b_o is not None else torch.zeros(n_tok)
+            resid, bias = resid_prox[layer], bias_prox[layer]
             total = heads.sum((0, 2)) + resid + bias  # [T]
             safe = torch.where(total > 0, total, torch.ones_like(total))
             heads.div_(safe[None, :, None])
@@ -232,18 +276,6 @@ def compute_flow(
             attn_resid[layer] = normalise(resid, total)
             attn_bias[layer] = normalise(bias, total)
             del pattern  # 4 T^2 H bytes: not alive while the next layer's is computed
-
-            # MLP block: whole = resid_post = resid_mid + mlp_out (parallel blocks too).
-            post = view.resid_post(layer)
-            out = view.mlp_out(layer)
-            b_out = view.mlp_bias(layer) if bias_apart else None
-            p_mlp = proximity(post, out - b_out if b_out is not None else out, norm)
-            p_res = proximity(post, mid, norm)
-            p_bias = proximity(post, b_out, norm) if b_out is not None else torch.zeros(n_tok)
-            total2 = p_mlp + p_res + p_bias
-            mlp[layer] = normalise(p_mlp, total2)
-            mlp_resid[layer] = normalise(p_res, total2)
-            mlp_bias_share[layer] = normalise(p_bias, total2)
 
     return FlowGraph(
         tokens=view.tokens,

@@ -26,6 +26,9 @@ from lmscope.model.trace import Trace, TraceRecorder
 from lmscope.model.transformer import Block, Transformer
 
 ResidKind = Literal["embed", "resid_mid", "resid_post"]
+# Patterns up to this many floats are recomputed for all heads in one call (short prompts: fewer,
+# larger operations); longer ones one key/value head at a time, to bound the peak.
+ONE_CALL_PATTERN = 1 << 21
 
 # What the route graph, the lens and the head/neuron tools read. Attention patterns are not kept
 # (L x H x T x T floats: 1.1 GB for 1024 tokens on SmolLM2-135M); `TraceView.pattern` recomputes
@@ -191,19 +194,27 @@ class TraceView:
             n_tok = q.shape[2]
             keep = position % n_tok + 1 + n_src - n_tok
             q, k = q[:, :, position % n_tok :][:, :, :1], k[:, :, :keep]
-        n_kv = k.shape[1]
-        group = q.shape[1] // n_kv
         shape = (q.shape[1], q.shape[2], n_src)
+        if position is None and shape[0] * shape[1] * shape[2] <= ONE_CALL_PATTERN:
+            found = self._pattern_of(layer, q, k)  # all heads at once, as the forward does
+            return found if found.shape[-1] == n_src else torch.zeros(shape).copy_(found)
         out = torch.empty(shape) if position is None else torch.zeros(shape)
         # One key/value head (and its query heads) at a time: a third of the peak memory.
+        n_kv = k.shape[1]
+        group = q.shape[1] // n_kv
         for g in range(n_kv):
-            rec = TraceRecorder({name})
             heads = slice(g * group, (g + 1) * group)
-            with torch.no_grad():
-                self.block(layer).attn._record_pattern(q[:, heads], k[:, g : g + 1], None, rec)
-            found = rec.store.pop(name)[0]
+            found = self._pattern_of(layer, q[:, heads], k[:, g : g + 1])
             out[heads, :, : found.shape[-1]] = found
         return out if position is None else out[:, 0]
+
+    def _pattern_of(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """[H', T', S'] pattern of these queries and keys by the attention module's own code."""
+        name = f"blocks.{layer}.attn.hook_pattern"
+        rec = TraceRecorder({name})
+        with torch.no_grad():
+            self.block(layer).attn._record_pattern(q, k, None, rec)
+        return rec.store.pop(name)[0]
 
     def values(self, layer: int) -> torch.Tensor:
         """[T, K, d] value vectors of the K key/value heads."""
