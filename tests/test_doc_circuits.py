@@ -7,6 +7,7 @@ to be, by a planted value), stale ones are not; bad input is one error line."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -208,6 +209,14 @@ def test_reuses_explain_aggregate_output(run: dict[str, Any], tmp_path: Path) ->
     again = _invoke("explain", "aggregate", run["prompts"], early, "-o", early / "agg.json")
     assert again.exit_code == 0
     result = _invoke("doc", "history", run["root"], "--circuits", other)
+    assert result.exit_code == 0 and "reused agg.json" not in result.stdout
+    # nor does another prompt set of the same size: `explain aggregate` records its prompts' hash
+    lines = [line for line in Path(run["prompts"]).read_text().splitlines() if line.strip()]
+    stored = json.loads((early / "agg.json").read_text())["meta"]
+    assert stored["prompts_sha256"] == hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    same_size = tmp_path / "same_size.txt"
+    same_size.write_text("".join(f"{line} again\n" for line in lines))
+    result = _invoke("doc", "history", run["root"], "--circuits", same_size)
     assert result.exit_code == 0 and "reused agg.json" not in result.stdout
 
 

@@ -356,7 +356,8 @@ def aggregate_cmd(
     Mean, spread and on-route frequency per head and neuron; with --diff, which gained or lost
     importance (circuit diff).
     """
-    from lmscope.explain.aggregate import aggregate
+    from lmscope import __version__
+    from lmscope.explain.aggregate import aggregate, prompts_digest
     from lmscope.explain.circuit_diff import circuit_diff
     from lmscope.explain.errors import check_tau
 
@@ -366,6 +367,8 @@ def aggregate_cmd(
     ids = [list(tok.encode(t)) for t in texts]
     with err_console.status(f"aggregating {len(ids)} prompts"):
         stats = aggregate(m, ids, tau=tau, name=model)
+    # named by its prompt set and version, so `doc --circuits` can reuse it exactly
+    stats.meta.update({"prompts_sha256": prompts_digest(texts), "lmscope_version": __version__})
     table = Table(title=f"{model}: top heads over {stats.n_prompts} prompts")
     for col in ("head", "mean", "sd", "on route"):
         table.add_column(col)

@@ -11,7 +11,6 @@ frequency before and after) and narrated by template lines whose every number is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -62,8 +61,9 @@ def read_prompts(path: Path) -> PromptSet:
         raise DocError(f"cannot read the prompt file {path}: {err}") from None
     if not texts:
         raise DocError(f"{path} holds no prompts; give one prompt a line")
-    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
-    return PromptSet(str(path), texts, digest)
+    from lmscope.explain.aggregate import prompts_digest
+
+    return PromptSet(str(path), texts, prompts_digest(texts))
 
 
 def _layout(stats: ComponentStats) -> tuple[int, int]:

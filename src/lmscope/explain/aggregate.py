@@ -13,6 +13,7 @@ the process group and all-reduces the sums, so every rank returns the whole resu
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,11 @@ from lmscope.explain.results import JsonResult, rounded
 from lmscope.explain.trace import TraceView, keeps
 from lmscope.model.modes import eval_mode
 from lmscope.model.transformer import Transformer
+
+
+def prompts_digest(texts: Sequence[str]) -> str:
+    """sha256 of a prompt set (one prompt a line): what a stored result names its prompts by."""
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()
 
 
 @dataclass
