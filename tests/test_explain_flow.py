@@ -442,3 +442,14 @@ def test_json_and_graphml_export(setup, tmp_path) -> None:  # type: ignore[no-un
     attn = [d for _, _, d in gm.edges(data=True) if d["kind"] in ("attention", "self_attention")]
     if attn:
         assert len(attn[0]["heads"].split(",")) == model.cfg.n_heads
+
+
+def test_the_kernel_compiles_where_nothing_can_be_cached() -> None:
+    """numba refuses cache=True when no directory can hold the cache (here: code with no file,
+    as in a read-only install and home); the kernel is then compiled without one."""
+    from numba.core.dispatcher import Dispatcher
+
+    namespace: dict[str, object] = {}
+    exec("def twice(x):\n    return 2 * x\n", namespace)  # no source file: no cache locator
+    twice = flow_kernel.compiled(namespace["twice"])
+    assert isinstance(twice, Dispatcher) and twice(21) == 42

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,6 @@ PARALLEL_MIN_PARTS = 1 << 16
 _pool: ThreadPoolExecutor | None = None
 
 
-@njit(nogil=True, cache=True)  # type: ignore[misc]
 def _l1_rows(dot, pattern, u, u_max, y_sorted, order, sign_sorted, i0, offset, lo, hi, out):  # type: ignore[no-untyped-def]
     """Flat rows lo..hi (h * B + r) of a block of B targets from i0; dot [H, B, S'] holds
     sign(y_i) . u_j for the block; offset = sources before the prompt (S - T)."""
@@ -51,6 +51,19 @@ def _l1_rows(dot, pattern, u, u_max, y_sorted, order, sign_sorted, i0, offset, l
                     k += 1
                 value -= 2.0 * correction
             out[h, i, j] = value if value > 0.0 else 0.0
+
+
+def compiled(function: Any) -> Any:
+    """`function` compiled by numba, cached on disk where it can be (beside the source, or in
+    the user's cache); without any writable place (a read-only install and home), compiled
+    again in each process rather than failing."""
+    try:
+        return njit(nogil=True, cache=True)(function)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return njit(nogil=True)(function)
+
+
+_l1_rows = compiled(_l1_rows)
 
 
 def _executor(threads: int) -> ThreadPoolExecutor:
