@@ -181,23 +181,25 @@ def _vector_parts(
     post = torch.stack([view.resid_post(layer) for layer in layers])
     out = torch.stack([view.mlp_out(layer) for layer in layers])
     none = torch.zeros(mid.shape[:2])
-    b_o = [view.attn_bias(layer) for layer in layers]
-    b_out = [view.mlp_bias(layer) for layer in layers] if bias_apart else [None]
+    b_o = _stacked_bias(view.attn_bias, layers)
+    b_out = _stacked_bias(view.mlp_bias, layers) if bias_apart else None
     parts = {"resid": proximity(mid, pre, norm), "mlp_resid": proximity(post, mid, norm)}
-    parts["bias"] = none if b_o[0] is None else proximity(mid, _stack_bias(b_o), norm)
-    if b_out[0] is None:
+    parts["bias"] = none if b_o is None else proximity(mid, b_o, norm)
+    if b_out is None:
         parts["mlp"], parts["mlp_bias"] = proximity(post, out, norm), none
     else:
-        bias = _stack_bias(b_out)
-        parts["mlp"], parts["mlp_bias"] = (
-            proximity(post, out - bias, norm),
-            proximity(post, bias, norm),
-        )
+        parts["mlp"] = proximity(post, out - b_out, norm)
+        parts["mlp_bias"] = proximity(post, b_out, norm)
     return parts
 
 
-def _stack_bias(biases: list[torch.Tensor | None]) -> torch.Tensor:
-    """[G, 1, D] from one [D] bias per layer."""
+def _stacked_bias(
+    bias_of: Callable[[int], torch.Tensor | None], layers: list[int]
+) -> torch.Tensor | None:
+    """[G, 1, D] from each layer's [D] bias, or None where the model has none."""
+    biases = [bias_of(layer) for layer in layers]
+    if any(b is None for b in biases):
+        return None
     return torch.stack([b for b in biases if b is not None])[:, None, :]
 
 

@@ -193,19 +193,16 @@ def _ranks_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return (logits[..., None, :] > chosen[..., None]).sum(-1)
 
 
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each row's softmax, in float64 a few rows at a time (a [61, 49152] float64
-    block would be 24 MB per temporary)."""
-    out = []
+def _softmax_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, entropy) of each row's softmax, in float64 a few rows at a time (a
+    [61, 49152] float64 block would be 24 MB per temporary)."""
+    probs, entropy = [], []
     for rows in logits.split(8):
         logp = torch.log_softmax(rows.double(), dim=-1)
-        out.append(-(logp.exp() * logp).sum(-1))
-    return torch.cat(out).float()
-
-
-def _probs(logits: torch.Tensor) -> torch.Tensor:
-    """softmax(logits) of each row, computed in float64 a few rows at a time."""
-    return torch.cat([torch.softmax(rows.double(), dim=-1).float() for rows in logits.split(8)])
+        p = logp.exp()
+        probs.append(p.float())
+        entropy.append(-(p * logp).sum(-1))
+    return torch.cat(probs), torch.cat(entropy).float()
 
 
 def _text(decode: Decode | None, token: int) -> str | None:
@@ -237,8 +234,7 @@ def _lens_rows(
     decode: Decode | None,
 ) -> list[LensResult]:
     k = min(k, logits.shape[-1])
-    probs = _probs(logits)
-    entropy = _entropy(logits)
+    probs, entropy = _softmax_stats(logits)
     top_logit, top_idx = logits.topk(k, dim=-1)
     rows = []
     for n, (kind, layer) in enumerate(nodes):
@@ -304,7 +300,8 @@ def trajectory(
         )
     index = torch.full((len(nodes), 1), token)
     ranks = _ranks_of(logits, index)[:, 0]
-    probs = _probs(logits)[:, token]
+    all_probs, entropy = _softmax_stats(logits)
+    probs = all_probs[:, token]
     return Trajectory(
         position=position,
         token=token,
@@ -313,7 +310,7 @@ def trajectory(
         nodes=[node_name(kind, layer) for kind, layer in nodes],
         ranks=ranks.tolist(),
         probs=probs.tolist(),
-        entropies=_entropy(logits).tolist(),
+        entropies=entropy.tolist(),
     )
 
 

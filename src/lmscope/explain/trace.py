@@ -112,6 +112,11 @@ def _drop_unrotated(trace: Trace) -> None:
             acts[attn + "hook_v"] = acts[attn + "hook_v"].contiguous()
 
 
+def _row(tensor: torch.Tensor, position: int | None) -> torch.Tensor:
+    """The whole [T, ...] tensor, or its row at `position`."""
+    return tensor if position is None else tensor[position]
+
+
 class TraceView:
     """Per-layer tensors of one sequence (batch row `batch`) of a trace, in float32 on CPU."""
 
@@ -140,8 +145,7 @@ class TraceView:
         `position`."""
         name = f"blocks.{layer}.hook_resid_pre"
         if name in self.trace or layer == 0:
-            full = self.get(name)
-            return full if position is None else full[position]
+            return _row(self.get(name), position)
         return self.resid_post(layer - 1, position)
 
     def resid_mid(self, layer: int) -> torch.Tensor:
@@ -154,8 +158,7 @@ class TraceView:
         name = f"blocks.{layer}.hook_resid_post"
         mid, out = f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.hook_mlp_out"
         if name in self.trace or mid not in self.trace or out not in self.trace:
-            full = self.get(name)
-            return full if position is None else full[position]
+            return _row(self.get(name), position)
         rows: int | tuple[int, int] = self.batch if position is None else (self.batch, position)
         total = self.trace[mid][rows] + self.trace[out][rows]
         return total.detach().float().cpu()
@@ -165,8 +168,7 @@ class TraceView:
         if kind == "embed":
             return self.resid_pre(0, position)
         if kind == "resid_mid":
-            full = self.resid_mid(layer)
-            return full if position is None else full[position]
+            return _row(self.resid_mid(layer), position)
         if kind == "resid_post":
             return self.resid_post(layer, position)
         raise ExplainInputError(
@@ -257,8 +259,7 @@ class TraceView:
         name = f"blocks.{layer}.mlp.hook_post"
         mid = f"blocks.{layer}.hook_resid_mid"
         if name in self.trace or mid not in self.trace:
-            full = self.get(name)
-            return full if position is None else full[position]
+            return _row(self.get(name), position)
         block = self.block(layer)  # the whole batch, as in the forward: same matmul shapes
         if not self.parallel:
             x = self.trace[mid]
